@@ -1,0 +1,1 @@
+"""Circuit-Targeted Supervised Fine-Tuning."""

@@ -1,0 +1,47 @@
+"""Architecture adapters: one per model family, a common vocabulary for the algorithms."""
+
+from torch import nn
+
+from ctsft.adapters.base import (
+    ArchAdapter,
+    AttentionParts,
+    Geometry,
+    LayerParts,
+    MLPParts,
+    NormSpec,
+    ParamSlice,
+)
+from ctsft.adapters.bert import BertAdapter
+from ctsft.adapters.decoder import DecoderAdapter, apply_rotary
+from ctsft.errors import CtsftError
+
+_FAMILIES = {"bert": BertAdapter, "xlm-roberta": BertAdapter, "roberta": BertAdapter}
+_DECODERS = ("llama", "qwen2", "gemma3_text", "gemma3", "mistral")
+
+
+def get_adapter(model: nn.Module) -> ArchAdapter:
+    """The adapter for a Hugging Face model, by its `config.model_type`."""
+    model_type = model.config.model_type
+    if model_type in _FAMILIES:
+        return _FAMILIES[model_type](model)
+    if model_type in _DECODERS:
+        return DecoderAdapter(model)
+    raise CtsftError(
+        f"no architecture adapter for model_type {model_type!r}: supported are "
+        f"{', '.join([*_FAMILIES, *_DECODERS])}"
+    )
+
+
+__all__ = [
+    "ArchAdapter",
+    "AttentionParts",
+    "BertAdapter",
+    "DecoderAdapter",
+    "Geometry",
+    "LayerParts",
+    "MLPParts",
+    "NormSpec",
+    "ParamSlice",
+    "apply_rotary",
+    "get_adapter",
+]

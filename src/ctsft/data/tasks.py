@@ -1,0 +1,76 @@
+"""The two tasks of the paper, described as data: languages, splits, labels, fields, prompts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ctsft.errors import CtsftError
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything the loaders, models and tables need to know about a task.
+
+    `roles` maps what a step asks for (train / valid / test) onto the files that exist: XNLI
+    ships no training split locally (MultiNLI is not on disk), so its dev split is the
+    low-resource training pool, cut into train and valid by parallel example index.
+    """
+
+    name: str
+    languages: tuple[str, ...]
+    files: tuple[str, ...]
+    label_names: tuple[str, ...]
+    text_fields: tuple[str, ...]
+    prompt: str
+    label_words: tuple[str, ...]
+    roles: dict[str, str]
+
+    def check_language(self, lang: str) -> None:
+        if lang not in self.languages:
+            raise CtsftError(
+                f"unknown language {lang!r} for task {self.name}: choose one of "
+                f"{', '.join(self.languages)}"
+            )
+
+    def check_role(self, role: str) -> None:
+        if role not in self.roles:
+            raise CtsftError(
+                f"unknown split {role!r} for task {self.name}: choose one of {', '.join(self.roles)}"
+            )
+
+
+NUSAX = TaskSpec(
+    name="nusax",
+    languages=("ace", "ban", "bbc", "bjn", "bug", "eng", "ind", "jav", "mad", "min", "nij", "sun"),
+    files=("train", "valid", "test"),
+    label_names=("negative", "neutral", "positive"),
+    text_fields=("text",),
+    prompt="Review: {text}\nSentiment (negative, neutral or positive):",
+    label_words=(" negative", " neutral", " positive"),
+    roles={"train": "train", "valid": "valid", "test": "test"},
+)
+
+XNLI = TaskSpec(
+    name="xnli",
+    languages=(
+        "ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh",
+    ),  # fmt: skip
+    files=("dev", "test"),
+    label_names=("entailment", "neutral", "contradiction"),
+    text_fields=("premise", "hypothesis"),
+    prompt="Premise: {premise}\nHypothesis: {hypothesis}\nDoes the premise entail the hypothesis? Answer yes, maybe or no:",
+    label_words=(" yes", " maybe", " no"),
+    roles={"train": "dev", "valid": "dev", "test": "test"},
+)
+
+TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (NUSAX, XNLI)}
+
+#: XNLI dev rows whose parallel index satisfies this go to the validation role, the rest to train.
+XNLI_VALID_EVERY = 10
+
+
+def get_task(name: str) -> TaskSpec:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise CtsftError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}") from None

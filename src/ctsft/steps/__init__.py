@@ -1,0 +1,1 @@
+"""Hydra entry points, one per workflow step: `python -m ctsft.steps.<step> key=value ...`."""
