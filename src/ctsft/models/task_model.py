@@ -154,6 +154,8 @@ def load_task_model(
         kind = meta["kind"]
         if meta["task"] != spec.name:
             raise CtsftError(f"checkpoint {folder} was trained on {meta['task']}, not {spec.name}")
+    elif kind is None and (folder / "provenance.json").is_file():
+        kind = read_json(folder / "provenance.json").get("kind")
     if kind not in ("encoder", "causal"):
         raise CtsftError(f"model kind must be 'encoder' or 'causal', got {kind!r}")
     torch.manual_seed(seed)
