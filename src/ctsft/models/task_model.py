@@ -12,7 +12,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+)
 
 from ctsft.adapters import ArchAdapter, get_adapter
 from ctsft.data.tasks import TaskSpec, get_task
@@ -131,6 +136,13 @@ class TaskModel(nn.Module):
             (tmp / TASK_MODEL_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
+def load_tokenizer(folder: Path) -> Any:
+    """The folder's `tokenizer.json` as is (AutoTokenizer may rebuild one from the model type)."""
+    if (folder / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def load_task_model(
     model_dir: str | Path,
     task: str | TaskSpec,
@@ -170,5 +182,5 @@ def load_task_model(
             )
     except (OSError, ValueError, RuntimeError) as err:
         raise CtsftError(f"cannot load model from {folder} ({type(err).__name__}): re-create it") from err
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder)
     return TaskModel(hf, tokenizer, spec, kind, max_length=max_length)
