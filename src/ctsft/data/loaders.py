@@ -86,7 +86,7 @@ def _read_xnli(task: TaskSpec, lang: str, role: str, path: Path) -> dict[str, li
     rows: dict[str, list] = {"id": [], "premise": [], "hypothesis": [], "label": []}
     for record in _xnli_table(path).get(lang, []):
         index = int(record["idx"])
-        if task.roles[role] == "dev":
+        if role in ("train", "valid"):
             in_valid = index % XNLI_VALID_EVERY == 0
             if in_valid != (role == "valid"):
                 continue

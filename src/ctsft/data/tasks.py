@@ -13,7 +13,8 @@ class TaskSpec:
 
     `roles` maps what a step asks for (train / valid / test) onto the files that exist: XNLI
     ships no training split locally (MultiNLI is not on disk), so its dev split is the
-    low-resource training pool, cut into train and valid by parallel example index.
+    low-resource training pool, cut into train and valid by parallel example index (the role
+    `dev` reads the whole file).
     """
 
     name: str
@@ -60,7 +61,7 @@ XNLI = TaskSpec(
     text_fields=("premise", "hypothesis"),
     prompt="Premise: {premise}\nHypothesis: {hypothesis}\nDoes the premise entail the hypothesis? Answer yes, maybe or no:",
     label_words=(" yes", " maybe", " no"),
-    roles={"train": "dev", "valid": "dev", "test": "test"},
+    roles={"train": "dev", "valid": "dev", "test": "test", "dev": "dev"},
 )
 
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (NUSAX, XNLI)}

