@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -180,7 +181,7 @@ def load_task_model(
             hf = AutoModelForCausalLM.from_pretrained(
                 folder, attn_implementation=attn_implementation, dtype=torch.float32
             )
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise CtsftError(f"cannot load model from {folder} ({type(err).__name__}): re-create it") from err
     tokenizer = load_tokenizer(folder)
     return TaskModel(hf, tokenizer, spec, kind, max_length=max_length)
