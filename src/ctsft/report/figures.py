@@ -1,0 +1,178 @@
+"""The paper's figures from evaluation metrics files (head-score heatmaps come from score_heads).
+
+- accuracy_vs_params: target accuracy against the % of parameters a method updates (log x axis),
+  one panel per task and proxy; small dots are (target, seed) runs, large markers the method mean.
+- forgetting: proxy accuracy change by transfer (after − before, negative = forgotten), mean ± std
+  over targets and seeds, per method.
+- tradeoff: editing vs. preserving. For every pair, the gain of training the circuit heads over
+  training the NearZero heads (ctsft − near_zero target accuracy, mean over seeds) against the
+  zero-shot accuracy of the pair (how hard the transfer is). The paper's finding: hard transfers
+  (low zero-shot accuracy) favour editing circuit heads, easy ones favour NearZero.
+
+    build_figures(metrics_paths, {"accuracy_vs_params": "a.png", "forgetting": "f.png", "tradeoff": "t.png"})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ctsft.report.records import method_sort_key, read_records  # noqa: E402
+
+FIGURES = ("accuracy_vs_params", "forgetting", "tradeoff")
+
+
+def _panels(records: pd.DataFrame) -> list[tuple[str, str]]:
+    return sorted({(t, p) for t, p in zip(records["task"], records["proxy"], strict=True)})
+
+
+def _colors(labels: Iterable[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {label: cmap(i % 10) for i, label in enumerate(sorted(set(labels), key=method_sort_key))}
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _figure(n: int, width: float = 5.0, height: float = 4.0):
+    fig, axes = plt.subplots(1, max(n, 1), figsize=(width * max(n, 1), height), squeeze=False)
+    return fig, axes[0]
+
+
+def accuracy_vs_params(records: pd.DataFrame, out: str | Path) -> Path:
+    panels = _panels(records)
+    colors = _colors(records["label"])
+    fig, axes = _figure(len(panels))
+    if not panels:
+        _empty(axes[0], "no evaluations")
+    for ax, (task, proxy) in zip(axes, panels, strict=False):
+        runs = records[(records["task"] == task) & (records["proxy"] == proxy)]
+        for label in sorted(runs["label"].unique(), key=method_sort_key):
+            sub = runs[runs["label"] == label]
+            x = sub["pct_params_updated"].fillna(0.0)
+            ax.scatter(x, sub["accuracy"], color=colors[label], alpha=0.3, s=12)
+            ax.scatter(
+                x.mean(),
+                sub["accuracy"].mean(),
+                color=colors[label],
+                s=80,
+                edgecolor="k",
+                label=label,
+            )
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_xlabel("% parameters updated (symlog)")
+        ax.set_ylabel("target accuracy")
+        ax.set_title(f"{task}, proxy {proxy}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def forgetting_bars(records: pd.DataFrame, out: str | Path) -> Path:
+    panels = _panels(records)
+    colors = _colors(records["label"])
+    fig, axes = _figure(len(panels))
+    if not panels:
+        _empty(axes[0], "no evaluations")
+    for ax, (task, proxy) in zip(axes, panels, strict=False):
+        runs = records[(records["task"] == task) & (records["proxy"] == proxy)]
+        stats = runs.groupby("label")["forgetting"].agg(["mean", "std"]).fillna(0.0)
+        order = sorted(stats.index, key=method_sort_key)
+        ax.bar(
+            range(len(order)),
+            stats.loc[order, "mean"],
+            yerr=stats.loc[order, "std"],
+            color=[colors[label] for label in order],
+            capsize=3,
+        )
+        ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_ylabel("proxy accuracy change (after − before)")
+        ax.set_title(f"{task}, proxy {proxy}")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def tradeoff_points(
+    records: pd.DataFrame, edit: str = "ctsft", preserve: str = "near_zero"
+) -> pd.DataFrame:
+    """Per pair: zero-shot accuracy and the mean accuracy gain of `edit` over `preserve`."""
+    labels = sorted(records["label"].unique(), key=method_sort_key)
+    # with several circuit sizes, the first (label order) of each method is compared
+    edit_label = next((lb for lb in labels if lb.split(" ", 1)[0] == edit), None)
+    preserve_label = next((lb for lb in labels if lb.split(" ", 1)[0] == preserve), None)
+    means = (
+        records.groupby(["task", "proxy", "target", "label"])["accuracy"].mean().unstack("label")
+    )
+    if edit_label is None or preserve_label is None or "zero_shot" not in means.columns:
+        return pd.DataFrame(columns=["task", "proxy", "target", "zero_shot", "gain"])
+    edit, preserve = edit_label, preserve_label
+    points = pd.DataFrame(
+        {"zero_shot": means["zero_shot"], "gain": means[edit] - means[preserve]}
+    ).dropna()
+    return points.reset_index()
+
+
+def tradeoff(records: pd.DataFrame, out: str | Path) -> Path:
+    points = tradeoff_points(records)
+    fig, axes = _figure(1, width=6.0)
+    ax = axes[0]
+    if points.empty:
+        _empty(ax, "needs zero_shot, ctsft and near_zero evaluations of the same pairs")
+    else:
+        cmap = plt.get_cmap("tab10")
+        for i, ((task, proxy), group) in enumerate(points.groupby(["task", "proxy"])):
+            ax.scatter(
+                group["zero_shot"],
+                group["gain"],
+                color=cmap(i % 10),
+                label=f"{task}, proxy {proxy}",
+            )
+            for _, row in group.iterrows():
+                ax.annotate(
+                    row["target"],
+                    (row["zero_shot"], row["gain"]),
+                    fontsize=8,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+        ax.axhline(0, color="k", lw=0.8, ls="--")
+        ax.set_xlabel("zero-shot target accuracy (transfer difficulty: low = hard)")
+        ax.set_ylabel("accuracy gain: circuit heads (ctsft) − NearZero heads")
+        ax.set_title("editing vs. preserving")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+    return out
+
+
+def build_figures(
+    metrics_paths: Iterable[str | Path], outputs: Mapping[str, str | Path]
+) -> dict[str, Path]:
+    """Draw the figures named in `outputs` (a subset of FIGURES) to the given paths."""
+    records = read_records(metrics_paths)
+    draw = {
+        "accuracy_vs_params": accuracy_vs_params,
+        "forgetting": forgetting_bars,
+        "tradeoff": tradeoff,
+    }
+    return {name: draw[name](records, path) for name, path in outputs.items()}

@@ -1,0 +1,241 @@
+"""The paper's tables from evaluation metrics files: CSV (long, raw numbers), Markdown and LaTeX.
+
+- Table 1 (NusaX-Senti) and Table 2 (XNLI): target accuracy and macro-F1 per proxy -> target pair
+  and method, mean and standard deviation over seeds (sample std, ddof=1; blank for one seed),
+  with the % of parameters each method updates.
+- Table 3: forgetting, per task, proxy and method: proxy test accuracy before transfer (theta_1)
+  and after, and the change (after - before, negative = forgotten), averaged over every target
+  and seed.
+
+    build_tables(["results/quick/nusax/e5_small/ind-jav/ctsft/k0.05/seed0/metrics.json", ...],
+                 "results/quick/tables")
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from ctsft.report.records import method_sort_key, read_records
+
+TABLE_OF_TASK = {"nusax": "table1_nusax", "xnli": "table2_xnli"}
+TABLE_FORGETTING = "table3_forgetting"
+TITLES = {
+    "table1_nusax": "Table 1. NusaX-Senti: target-language accuracy / macro-F1 (%), mean ± std over seeds",
+    "table2_xnli": "Table 2. XNLI: target-language accuracy / macro-F1 (%), mean ± std over seeds "
+    "(training pool: the XNLI dev split; evaluation: the test split)",
+    TABLE_FORGETTING: "Table 3. Forgetting: proxy-language test accuracy (%) before and after transfer; "
+    "change = after − before (negative = forgotten)",
+}
+FORMATS = ("csv", "md", "tex")
+
+
+def _agg(frame: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
+    grouped = frame.groupby(keys, sort=False, dropna=False)
+    out = grouped.size().rename("n_runs").to_frame()
+    for value in values:
+        out[f"{value}_mean"] = grouped[value].mean()
+        out[f"{value}_std"] = grouped[value].std(ddof=1)
+    return out.reset_index()
+
+
+def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    order = frame["label"].map(method_sort_key)
+    return (
+        frame.assign(_order=order)
+        .sort_values([*keys, "_order"], kind="stable")
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
+
+
+def task_table(records: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Table 1/2 in long form: one row per (proxy, target, method)."""
+    runs = records[records["task"] == task]
+    table = _agg(
+        runs,
+        ["proxy", "target", "label"],
+        ["accuracy", "macro_f1", "pct_params_updated", "forgetting"],
+    )
+    table = table.rename(columns={"n_runs": "n_seeds"}).drop(columns=["pct_params_updated_std"])
+    table.insert(0, "task", task)
+    return _sorted(table, ["proxy", "target"]).rename(columns={"label": "method"})
+
+
+def forgetting_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Table 3 in long form: one row per (task, proxy, method), over all targets and seeds."""
+    table = _agg(
+        records,
+        ["task", "proxy", "label"],
+        ["proxy_accuracy_before", "proxy_accuracy", "forgetting"],
+    )
+    table = table.drop(columns=["proxy_accuracy_before_std"])
+    table = table.rename(
+        columns={
+            "proxy_accuracy_before_mean": "proxy_accuracy_before",
+            "proxy_accuracy_mean": "proxy_accuracy_after_mean",
+            "proxy_accuracy_std": "proxy_accuracy_after_std",
+        }
+    )
+    return _sorted(table, ["task", "proxy"]).rename(columns={"label": "method"})
+
+
+# ---------------------------------------------------------------- formatting
+def _scale(frame: pd.DataFrame, columns: list[str]) -> float:
+    """100 when the numbers are fractions (display as %), else 1."""
+    values = pd.concat([frame[c] for c in columns if c in frame]).dropna().abs()
+    return 100.0 if len(values) and values.max() <= 1.0 else 1.0
+
+
+def _cell(mean: float, std: float, scale: float, digits: int = 1) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    text = f"{mean * scale:.{digits}f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        text += f" ± {std * scale:.{digits}f}"
+    return text
+
+
+def _params(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:.2f}" if value >= 0.01 or value == 0 else f"{value:.2g}"
+
+
+def task_display(table: pd.DataFrame) -> pd.DataFrame:
+    """Table 1/2 as printed: pair rows x method columns, `acc ± std / F1 ± std`, then % params."""
+    scale = _scale(table, ["accuracy_mean", "macro_f1_mean"])
+    methods = sorted(table["method"].unique(), key=method_sort_key)
+    rows = []
+    for (proxy, target), group in table.groupby(["proxy", "target"], sort=False):
+        row = {"pair": f"{proxy} → {target}"}
+        for _, r in group.iterrows():
+            row[r["method"]] = (
+                f"{_cell(r['accuracy_mean'], r['accuracy_std'], scale)} / "
+                f"{_cell(r['macro_f1_mean'], r['macro_f1_std'], scale)}"
+            )
+        rows.append(row)
+    means = table.groupby("method")[
+        ["accuracy_mean", "macro_f1_mean", "pct_params_updated_mean"]
+    ].mean()
+    rows.append(
+        {
+            "pair": "average",
+            **{
+                m: f"{_cell(means.loc[m, 'accuracy_mean'], None, scale)} / "
+                f"{_cell(means.loc[m, 'macro_f1_mean'], None, scale)}"
+                for m in methods
+            },
+        }
+    )
+    rows.append(
+        {
+            "pair": "% params updated",
+            **{m: _params(means.loc[m, "pct_params_updated_mean"]) for m in methods},
+        }
+    )
+    return pd.DataFrame(rows, columns=["pair", *methods]).fillna("–")
+
+
+def forgetting_display(table: pd.DataFrame) -> pd.DataFrame:
+    scale = _scale(table, ["proxy_accuracy_before", "proxy_accuracy_after_mean"])
+    return pd.DataFrame(
+        {
+            "task": table["task"],
+            "proxy": table["proxy"],
+            "method": table["method"],
+            "runs": table["n_runs"],
+            "before": [_cell(v, None, scale) for v in table["proxy_accuracy_before"]],
+            "after": [
+                _cell(m, s, scale)
+                for m, s in zip(
+                    table["proxy_accuracy_after_mean"],
+                    table["proxy_accuracy_after_std"],
+                    strict=True,
+                )
+            ],
+            "change": [
+                _cell(m, s, scale)
+                for m, s in zip(table["forgetting_mean"], table["forgetting_std"], strict=True)
+            ],
+        }
+    )
+
+
+def to_markdown(display: pd.DataFrame, title: str) -> str:
+    header = "| " + " | ".join(str(c) for c in display.columns) + " |"
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(display.columns))) + "|"
+    body = [
+        "| " + " | ".join(str(v) for v in row) + " |" for row in display.itertuples(index=False)
+    ]
+    return "\n".join([f"**{title}**", "", header, rule, *body, ""])
+
+
+_LATEX_ESCAPES = {
+    "&": r"\&",
+    "%": r"\%",
+    "_": r"\_",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+}
+
+
+def _latex_escape(text: str) -> str:
+    out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+    return out.replace("±", r"$\pm$").replace("→", r"$\to$").replace("–", "--")
+
+
+def to_latex(display: pd.DataFrame, title: str, label: str) -> str:
+    """A booktabs table (no pandas/jinja dependency)."""
+    spec = "l" + "r" * (len(display.columns) - 1)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{_latex_escape(title)}}}",
+        rf"\label{{tab:{label}}}",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(_latex_escape(c) for c in display.columns) + r" \\",
+        r"\midrule",
+    ]
+    for row in display.itertuples(index=False):
+        if str(row[0]) == "average":
+            lines.append(r"\midrule")
+        lines.append(" & ".join(_latex_escape(v) for v in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def write_table(long: pd.DataFrame, display: pd.DataFrame, name: str, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.{fmt}" for fmt in FORMATS]
+    long.to_csv(paths[0], index=False, float_format="%.6g")
+    paths[1].write_text(to_markdown(display, TITLES[name]))
+    paths[2].write_text(to_latex(display, TITLES[name], name))
+    return paths
+
+
+def build_tables(
+    metrics_paths: Iterable[str | Path], out_dir: str | Path, tasks: Iterable[str] | None = None
+) -> dict[str, list[Path]]:
+    """Write Table 1/2 for each task (default: the tasks present) and Table 3; their paths by name."""
+    records = read_records(metrics_paths)
+    out_dir = Path(out_dir)
+    tasks = list(tasks) if tasks is not None else sorted(records["task"].unique())
+    written = {}
+    for task in tasks:
+        name = TABLE_OF_TASK[task]
+        long = task_table(records, task)
+        display = task_display(long) if not long.empty else pd.DataFrame(columns=["pair"])
+        written[name] = write_table(long, display, name, out_dir)
+    long = forgetting_table(records)
+    written[TABLE_FORGETTING] = write_table(
+        long, forgetting_display(long), TABLE_FORGETTING, out_dir
+    )
+    return written

@@ -1,0 +1,121 @@
+"""Evaluate a checkpoint: target test accuracy / macro-F1 / confusion, proxy accuracy, forgetting.
+
+    python -m ctsft.steps.evaluate method=ctsft target=jav io.checkpoint=... io.metrics=... \
+        [+io.baseline_metrics=<metrics.json of the proxy checkpoint>]
+
+forgetting = proxy test accuracy of this checkpoint - `proxy_accuracy` of io.baseline_metrics.
+% parameters updated comes from the checkpoint's training record (0 for method=zero_shot, which
+evaluates the proxy checkpoint as is).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ctsft.cli import run_step
+from ctsft.config import require, task_spec, to_dict
+from ctsft.data import data_checksum, load_split, subsample
+from ctsft.errors import CtsftError
+from ctsft.evaluate import EVAL_SEED, classification_metrics, forgetting, predict
+from ctsft.io import read_json, write_json
+from ctsft.models import load_task_model
+from ctsft.models.task_model import TASK_MODEL_FILE
+from ctsft.provenance import provenance, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+def _test_rows(cfg: DictConfig, lang: str) -> list[dict[str, Any]]:
+    ds = load_split(task_spec(cfg), lang, "test", root=cfg.data.root)
+    n = cfg.task.get("eval_size")
+    return subsample(ds, int(n) if n else None, EVAL_SEED).to_list()
+
+
+def _baseline_accuracy(path: str | None) -> float | None:
+    if not path:
+        return None
+    file = Path(path)
+    if not file.is_file():
+        raise CtsftError(f"baseline metrics {file} does not exist: evaluate the proxy checkpoint first")
+    value = read_json(file).get("proxy_accuracy")
+    if value is None:
+        raise CtsftError(f"{file} has no proxy_accuracy: it is not a metrics.json of the evaluate step")
+    return float(value)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Write io.metrics for io.checkpoint."""
+    started = time.perf_counter()
+    checkpoint, metrics_path = require(cfg, "checkpoint", "metrics")
+    spec = task_spec(cfg)
+    model = load_task_model(checkpoint, spec, kind=str(cfg.model.kind), max_length=int(cfg.train.max_length))
+    meta = read_json(Path(checkpoint) / TASK_MODEL_FILE) if (Path(checkpoint) / TASK_MODEL_FILE).is_file() else {}
+    training = meta.get("training", {})
+    loaded = time.perf_counter()
+    batch = int(cfg.train.eval_batch_size)
+    target_rows = _test_rows(cfg, str(cfg.target))
+    target = classification_metrics(*reversed(predict(model, target_rows, batch)), spec.label_names)
+    target_done = time.perf_counter()
+    if str(cfg.proxy) == str(cfg.target):
+        proxy = target
+    else:
+        proxy = classification_metrics(*reversed(predict(model, _test_rows(cfg, str(cfg.proxy)), batch)), spec.label_names)
+    proxy_done = time.perf_counter()
+    method = str(cfg.method.name)
+    total = sum(p.numel() for p in model.hf.parameters())
+    updated = 0 if method == "zero_shot" else int(training.get("trainable", 0))
+    baseline = _baseline_accuracy(cfg.io.get("baseline_metrics"))
+    prov = provenance(
+        config=to_dict(cfg),
+        checkpoint=str(checkpoint),
+        checkpoint_sha256=sha256_file(Path(checkpoint) / "model.safetensors"),
+        base_model_sha256=training.get("base_model_sha256"),
+        training_method=training.get("method"),
+        training_seed=training.get("seed"),
+        data_checksum=data_checksum(spec, sorted({str(cfg.target), str(cfg.proxy)}), root=cfg.data.root),
+        eval_seed=EVAL_SEED,
+    )
+    metrics = {
+        "task": spec.name,
+        "method": method,
+        "proxy": str(cfg.proxy),
+        "target": str(cfg.target),
+        "seed": int(cfg.seed),
+        "accuracy": target["accuracy"],
+        "macro_f1": target["macro_f1"],
+        "confusion": target["confusion"],
+        "labels": target["labels"],
+        "n_test": target["n"],
+        "proxy_accuracy": proxy["accuracy"],
+        "proxy_macro_f1": proxy["macro_f1"],
+        "n_proxy_test": proxy["n"],
+        "baseline_proxy_accuracy": baseline,
+        "forgetting": forgetting(proxy["accuracy"], baseline),
+        "params_updated": updated,
+        "params_total": total,
+        "params_updated_pct": 100.0 * updated / total if total else 0.0,
+        "training_steps": 0 if method == "zero_shot" else training.get("steps"),
+        "timings": {
+            "load_s": loaded - started,
+            "target_eval_s": target_done - loaded,
+            "proxy_eval_s": proxy_done - target_done,
+            "total_s": time.perf_counter() - started,
+            "finished_at": prov.pop("created"),
+        },
+        "provenance": prov,
+    }
+    write_json(metrics_path, metrics)
+    log.info(
+        "%s %s->%s: accuracy %.4f, macro-F1 %.4f, proxy accuracy %.4f",
+        method, cfg.proxy, cfg.target, metrics["accuracy"], metrics["macro_f1"], metrics["proxy_accuracy"],
+    )  # fmt: skip
+    return metrics
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_step(run))

@@ -1,0 +1,368 @@
+"""The single training loop of every method and both model kinds (class logits -> cross-entropy).
+
+Deterministic on CPU for a seed: the global torch RNG is seeded (dropout, LoRA init) and every
+epoch's data order comes from its own `torch.Generator(seed, epoch)`, so a resumed run replays the
+same batches. Resume state (trainable tensors, optimizer, scheduler, RNG, position) is written
+atomically every `resume_every` optimizer steps to `<checkpoint>.resume/` and deleted once the
+checkpoint folder has been written (atomically, so it only exists when complete).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from ctsft.errors import CtsftError
+from ctsft.io import atomic_path
+from ctsft.models.task_model import TaskModel
+from ctsft.train.lora import inject_lora, merge_lora
+from ctsft.train.masking import MaskedModel
+from ctsft.train.methods import TrainablePlan
+
+log = logging.getLogger(__name__)
+
+_SCHEDULES = {"linear": "linear", "constant": "constant_with_warmup", "cosine": "cosine"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The `train` config group as typed values (see config/hydra/train/default.yaml)."""
+
+    epochs: int = 5
+    max_steps: int | None = None
+    lr: float = 5e-5
+    batch_size: int = 16
+    grad_accum: int = 1
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    schedule: str = "linear"
+    max_grad_norm: float | None = 1.0
+    early_stopping: bool = False
+    patience: int = 2
+    eval_batch_size: int = 32
+    resume_every: int = 50
+    log_every: int = 1
+    lora_alpha_over_rank: float = 2.0
+    lora_dropout: float = 0.0
+
+    @classmethod
+    def from_cfg(cls, train: Any, method: Any | None = None) -> TrainConfig:
+        fields = set(cls.__dataclass_fields__)
+        values = {k: train[k] for k in train if k in fields}
+        if method is not None:
+            values["lora_alpha_over_rank"] = float(method.get("alpha_over_rank", 2.0))
+            values["lora_dropout"] = float(method.get("dropout", 0.0))
+        config = cls(**values)
+        if config.schedule not in _SCHEDULES:
+            raise CtsftError(f"train.schedule must be one of {', '.join(_SCHEDULES)}, got {config.schedule!r}")
+        if config.batch_size < 1 or config.grad_accum < 1:
+            raise CtsftError("train.batch_size and train.grad_accum must be >= 1")
+        return config
+
+
+class RunLog:
+    """JSON-lines log, mirrored to wandb when a wandb run is active."""
+
+    def __init__(self, path: Path, wandb_cfg: dict[str, Any] | None, run_config: dict[str, Any]) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.wandb = None
+        mode = (wandb_cfg or {}).get("mode") or "disabled"
+        if mode != "disabled":
+            import wandb  # lazy: slow import, optional at run time
+
+            self.wandb = wandb.init(
+                mode=mode if mode in ("online", "offline") else "offline",
+                project=wandb_cfg.get("project") or "ctsft",
+                group=wandb_cfg.get("group"),
+                job_type=wandb_cfg.get("job_type"),
+                name=wandb_cfg.get("name"),
+                config=run_config,
+            )
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(record, default=str) + "\n")
+        self.handle.flush()
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if isinstance(v, int | float)}, step=record.get("step"))
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices (as HF Trainer), not biases/norms; slice deltas decay via `decay_deltas`."""
+    decay = [p for n, p in named if p.dim() >= 2 and ".parametrizations." not in n]
+    rest = [p for n, p in named if not (p.dim() >= 2 and ".parametrizations." not in n)]
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if rest:
+        groups.append({"params": rest, "weight_decay": 0.0})
+    return groups
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held in the optimizer state (AdamW: exp_avg + exp_avg_sq + step per parameter)."""
+    return sum(
+        v.numel() * v.element_size()
+        for state in optimizer.state.values()
+        for v in state.values()
+        if torch.is_tensor(v)
+    )
+
+
+class Trainer:
+    """Sets a model up for one method, then trains it (`fit`) and writes the checkpoint (`save`)."""
+
+    def __init__(self, model: TaskModel, plan: TrainablePlan, config: TrainConfig, seed: int) -> None:
+        self.model = model
+        self.plan = plan
+        self.config = config
+        self.seed = seed
+        torch.manual_seed(seed)
+        self.trainable_count = plan.trainable
+        self.masked: MaskedModel | None = None
+        if plan.method == "lora":
+            assert plan.lora_rank is not None
+            inject_lora(model.hf, plan.lora_modules, plan.lora_rank, config.lora_alpha_over_rank, config.lora_dropout)
+        else:
+            self.masked = MaskedModel(model.hf, plan)
+        self.named = [(n, p) for n, p in model.hf.named_parameters() if p.requires_grad]
+        if plan.method != "zero_shot" and not self.named:
+            raise CtsftError(f"method {plan.method} left no trainable parameter: check the method config")
+        self.optimizer = torch.optim.AdamW(_param_groups(self.named, config.weight_decay), lr=config.lr) if self.named else None
+        self.step = 0
+        self.last_loss = float("nan")
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.named}
+
+    def _load_trainable(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for n, p in self.named:
+                p.copy_(state[n])
+
+    def _batches(self, rows: list[dict[str, Any]], epoch: int) -> list[list[dict[str, Any]]]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(rows), generator=gen).tolist()
+        bs = self.config.batch_size
+        return [[rows[i] for i in order[j : j + bs]] for j in range(0, len(order), bs)]
+
+    def _accuracy(self, rows: list[dict[str, Any]]) -> float:
+        from ctsft.evaluate import predict
+
+        preds, labels = predict(self.model, rows, self.config.eval_batch_size)
+        self.model.train()
+        return float((preds == labels).mean())
+
+    # -- training -----------------------------------------------------------------------------
+    def fit(
+        self,
+        train_rows: list[dict[str, Any]],
+        valid_rows: list[dict[str, Any]] | None = None,
+        resume_dir: Path | None = None,
+        run_log: RunLog | None = None,
+        fingerprint: dict[str, Any] | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Train for the configured epochs/steps; returns a summary of the run."""
+        cfg = self.config
+        if not train_rows:
+            raise CtsftError("the training split is empty: check task.train_size")
+        n_batches = math.ceil(len(train_rows) / cfg.batch_size)
+        steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
+        total = cfg.epochs * steps_per_epoch
+        if cfg.max_steps is not None:
+            total = min(total, int(cfg.max_steps)) if cfg.epochs else int(cfg.max_steps)
+            epochs = math.ceil(total / steps_per_epoch)
+        else:
+            epochs = cfg.epochs
+        assert self.optimizer is not None
+        scheduler = get_scheduler(
+            _SCHEDULES[cfg.schedule],
+            self.optimizer,
+            num_warmup_steps=int(cfg.warmup_ratio * total),
+            num_training_steps=max(total, 1),
+        )
+        fp = _fingerprint({"fp": fingerprint, "train": asdict(cfg), "seed": self.seed, "rows": len(train_rows)})
+        epoch, batch_pos, best, bad, best_state = 0, 0, -1.0, 0, None
+        state_file = resume_dir / "state.pt" if resume_dir else None
+        if state_file and state_file.is_file():
+            saved = torch.load(state_file, weights_only=False)
+            if saved.get("fingerprint") == fp:
+                self._load_trainable(saved["trainable"])
+                self.optimizer.load_state_dict(saved["optimizer"])
+                scheduler.load_state_dict(saved["scheduler"])
+                torch.set_rng_state(saved["rng"])
+                self.step, epoch, batch_pos = saved["step"], saved["epoch"], saved["batch_pos"]
+                best, bad, best_state = saved["best"], saved["bad"], saved["best_state"]
+                self.last_loss = saved["last_loss"]
+                log.info("resuming from %s at step %d", resume_dir, self.step)
+            else:
+                log.warning("ignoring resume state in %s: it belongs to another configuration", resume_dir)
+        self.model.train()
+        started = time.perf_counter()
+        bar = tqdm(total=total, initial=self.step, desc=f"train {self.plan.method}", disable=not progress, leave=False)
+        stopped_early = False
+        while epoch < epochs and self.step < total and not stopped_early:
+            batches = self._batches(train_rows, epoch)
+            while batch_pos < len(batches) and self.step < total:
+                window = batches[batch_pos : batch_pos + cfg.grad_accum]
+                loss_sum = 0.0
+                for batch in window:
+                    encoded = self.model.encode(batch)
+                    labels = encoded.pop("labels")
+                    logits = self.model(**encoded)
+                    loss = nn.functional.cross_entropy(logits, labels)
+                    if not torch.isfinite(loss):
+                        raise CtsftError(f"loss became NaN at step {self.step + 1}: lower train.lr")
+                    (loss / len(window)).backward()
+                    loss_sum += loss.item()
+                params = [p for _, p in self.named]
+                grad_norm = (
+                    float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)) if cfg.max_grad_norm else float("nan")
+                )
+                lr = scheduler.get_last_lr()[0]
+                if self.masked is not None:
+                    self.masked.decay_deltas(lr, cfg.weight_decay)
+                self.optimizer.step()
+                scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                batch_pos += len(window)
+                self.last_loss = loss_sum / len(window)
+                bar.update(1)
+                bar.set_postfix(loss=f"{self.last_loss:.4f}")
+                if run_log and (self.step % cfg.log_every == 0 or self.step == total):
+                    run_log.write(
+                        {"step": self.step, "epoch": epoch, "loss": self.last_loss, "lr": lr, "grad_norm": grad_norm}
+                    )
+                if state_file and cfg.resume_every and self.step % cfg.resume_every == 0 and self.step < total:
+                    self._save_resume(state_file, fp, scheduler, epoch, batch_pos, best, bad, best_state)
+            if batch_pos >= len(batches):
+                if cfg.early_stopping and valid_rows:
+                    acc = self._accuracy(valid_rows)
+                    if run_log:
+                        run_log.write({"step": self.step, "epoch": epoch, "valid_accuracy": acc})
+                    if acc > best:
+                        best, bad, best_state = acc, 0, self._trainable_state()
+                    else:
+                        bad += 1
+                        stopped_early = bad >= cfg.patience
+                epoch, batch_pos = epoch + 1, 0
+        bar.close()
+        if best_state is not None:
+            self._load_trainable(best_state)
+        return {
+            "steps": self.step,
+            "total_steps": total,
+            "epochs_run": epoch,
+            "final_loss": self.last_loss,
+            "best_valid_accuracy": best if best >= 0 else None,
+            "stopped_early": stopped_early,
+            "train_rows": len(train_rows),
+            "train_seconds": time.perf_counter() - started,
+        }
+
+    def _save_resume(self, file: Path, fp: str, scheduler: Any, epoch: int, batch_pos: int, best: float, bad: int, best_state: Any) -> None:
+        assert self.optimizer is not None
+        state = {
+            "fingerprint": fp,
+            "trainable": self._trainable_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "step": self.step,
+            "epoch": epoch,
+            "batch_pos": batch_pos,
+            "best": best,
+            "bad": bad,
+            "best_state": best_state,
+            "last_loss": self.last_loss,
+        }
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(file) as tmp:
+            torch.save(state, tmp)
+
+    def finish(self) -> None:
+        """Fold deltas / LoRA back into plain weights (the model is then an ordinary HF model)."""
+        if self.masked is not None:
+            self.masked.merge()
+            self.masked = None
+        elif self.plan.method == "lora":
+            merge_lora(self.model.hf)
+        for param in self.model.hf.parameters():
+            param.requires_grad_(True)
+
+
+def resume_dir_for(checkpoint: str | Path) -> Path:
+    path = Path(checkpoint)
+    return path.with_name(path.name + ".resume")
+
+
+def train_to_checkpoint(
+    model: TaskModel,
+    plan: TrainablePlan,
+    config: TrainConfig,
+    train_rows: list[dict[str, Any]],
+    checkpoint: str | Path,
+    *,
+    seed: int,
+    valid_rows: list[dict[str, Any]] | None = None,
+    record: dict[str, Any] | None = None,
+    log_path: str | Path | None = None,
+    wandb_cfg: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train `model` with `plan` and write `checkpoint` atomically; returns the training record.
+
+    The record (stored as `training` in the checkpoint's task_model.json) holds the method, the
+    trainable/total counts and percentage, the declared entries, steps, final loss and `record`
+    (the caller's provenance: config, seed, base model sha256, data checksum, git commit).
+    """
+    checkpoint = Path(checkpoint)
+    resume = resume_dir_for(checkpoint)
+    trainer = Trainer(model, plan, config, seed)
+    summary_line = plan.describe()
+    log.info("%s: %s", plan.method, summary_line)
+    print(f"[{plan.method}] {summary_line}", flush=True)
+    run_log = RunLog(Path(log_path) if log_path else checkpoint.with_name(checkpoint.name + ".log.jsonl"), wandb_cfg, record or {})
+    try:
+        run_log.write({"event": "start", "method": plan.method, "trainable": trainer.trainable_count, "total": plan.total})
+        summary = trainer.fit(
+            train_rows,
+            valid_rows,
+            resume_dir=resume,
+            run_log=run_log,
+            fingerprint={"config": (record or {}).get("config"), "plan": plan.to_dict()},
+            progress=progress,
+        )
+        trainer.finish()
+        training = {**plan.to_dict(), **summary, **(record or {})}
+        model.save(checkpoint, extra={"training": training})
+        run_log.write({"event": "done", "step": summary["steps"], "final_loss": summary["final_loss"]})
+    finally:
+        run_log.close()
+    shutil.rmtree(resume, ignore_errors=True)
+    return training

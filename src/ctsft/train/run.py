@@ -1,0 +1,91 @@
+"""What the finetune and transfer steps share: data, starting model, provenance, the loop call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ctsft.config import task_spec, to_dict
+from ctsft.data import data_checksum, load_split, subsample
+from ctsft.io import read_json
+from ctsft.models import load_task_model
+from ctsft.models.task_model import TASK_MODEL_FILE, TaskModel
+from ctsft.provenance import provenance, sha256_file
+from ctsft.train.loop import TrainConfig, train_to_checkpoint
+from ctsft.train.methods import build_plan, load_circuit
+
+
+def model_origin(folder: str | Path) -> dict[str, Any]:
+    """sha256 of the prepared base model behind `folder` (carried through checkpoints) and of `folder`'s weights."""
+    path = Path(folder)
+    weights = path / "model.safetensors"
+    own = sha256_file(weights) if weights.is_file() else None
+    if (path / TASK_MODEL_FILE).is_file():
+        training = read_json(path / TASK_MODEL_FILE).get("training", {})
+        base = training.get("base_model_sha256")
+    elif (path / "provenance.json").is_file():
+        base = read_json(path / "provenance.json").get("converted_sha256")
+    else:
+        base = None
+    return {"base_model_sha256": base or own, "init_sha256": own}
+
+
+def train_rows(cfg: DictConfig, lang: str, split: str = "train") -> list[dict[str, Any]]:
+    """Rows of `split` in `lang`; training pools honour train.train_size, else task.train_size (seeded)."""
+    ds = load_split(task_spec(cfg), lang, split, root=cfg.data.root)
+    if split == "train":
+        n = cfg.train.get("train_size") or cfg.task.get("train_size")
+        ds = subsample(ds, int(n) if n else None, int(cfg.seed))
+    return ds.to_list()
+
+
+def load_start_model(cfg: DictConfig, folder: str) -> TaskModel:
+    return load_task_model(
+        folder, task_spec(cfg), kind=str(cfg.model.kind), max_length=int(cfg.train.max_length), seed=int(cfg.seed)
+    )
+
+
+def run_training(
+    cfg: DictConfig,
+    init_dir: str,
+    checkpoint: str,
+    method_cfg: Any,
+    lang: str,
+    circuit_path: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train `method_cfg` on `lang`'s train split starting from `init_dir`; write `checkpoint`."""
+    model = load_start_model(cfg, init_dir)
+    circuit = load_circuit(circuit_path) if circuit_path else None
+    plan = build_plan(
+        model.hf, model.adapter, method_cfg, circuit, freeze_embeddings=bool(cfg.model.get("freeze_embeddings", False))
+    )
+    config = TrainConfig.from_cfg(cfg.train, method_cfg)
+    rows = train_rows(cfg, lang)
+    valid = train_rows(cfg, lang, "valid") if config.early_stopping else None
+    record = provenance(
+        config=to_dict(cfg),
+        seed=int(cfg.seed),
+        language=lang,
+        init_dir=str(init_dir),
+        circuit=circuit_path,
+        circuit_sha256=sha256_file(circuit_path) if circuit_path else None,
+        data_checksum=data_checksum(task_spec(cfg), [lang], root=cfg.data.root),
+        **model_origin(init_dir),
+    )
+    wandb_cfg = to_dict(cfg.wandb) if "wandb" in cfg else None
+    return train_to_checkpoint(
+        model,
+        plan,
+        config,
+        rows,
+        checkpoint,
+        seed=int(cfg.seed),
+        valid_rows=valid,
+        record=record,
+        log_path=cfg.io.get("log"),
+        wandb_cfg=wandb_cfg,
+        progress=progress,
+    )

@@ -1,0 +1,171 @@
+"""Head-level masking on every tiny architecture: frozen entries bit-identical after AdamW with decay.
+
+The counts are recomputed here from the model config (not from the adapter's slices), so a
+wrong slice in the adapter or a double-counted shared k/v head shows up as a mismatch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ctsft.data import load_split
+from ctsft.models import load_task_model
+from ctsft.train import Trainer, TrainConfig, build_plan
+from ctsft.train.methods import TrainablePlan
+
+ARCHES = ("tiny_bert", "tiny_llama", "tiny_qwen2", "tiny_gemma3")
+CIRCUIT = {
+    "model": "tiny", "task": "nusax", "proxy": "ind", "k": 3, "n_heads_total": 8, "score_kind": "directional",
+    "circuit": [[0, 1], [1, 2], [1, 3]],
+    "near_zero": [[0, 0], [0, 3], [1, 0]],
+    "random": [[0, 2], [1, 1], [0, 1]],
+    "scores_sha256": "0" * 64, "provenance": {},
+}  # fmt: skip
+LIST_OF = {"ctsft": "circuit", "near_zero": "near_zero", "random_heads": "random"}
+CONFIG = TrainConfig(
+    epochs=100, max_steps=20, lr=1e-2, batch_size=4, weight_decay=0.1, warmup_ratio=0.0, max_grad_norm=1.0
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread (two threads on a busy 2-core box cost ~15 ms per op)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    return load_split("nusax", "ind", "train").to_list()[:24]
+
+
+def _method(name: str, **extra: object) -> object:
+    base = {"name": name, "heads": LIST_OF.get(name), "kv_policy": "shared", "train_norms": True}
+    return OmegaConf.create({**base, **extra})
+
+
+def expected_head_count(hf: torch.nn.Module, heads: list[list[int]], kv_policy: str = "shared") -> int:
+    """Per query head: q rows (+bias) and o columns; per distinct (layer, kv head): k and v rows (+bias)."""
+    cfg = hf.config
+    d_model, n_heads = cfg.hidden_size, cfg.num_attention_heads
+    d_head = getattr(cfg, "head_dim", None) or d_model // n_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    qkv_bias = cfg.model_type == "bert" or cfg.model_type == "qwen2" or bool(getattr(cfg, "attention_bias", False))
+    per_q = d_head * d_model + (d_head if qkv_bias else 0) + d_model * d_head
+    kv_heads = {(layer, head // (n_heads // n_kv)) for layer, head in heads}
+    per_kv = 2 * (d_head * d_model + (d_head if qkv_bias else 0))
+    return len(heads) * per_q + (len(kv_heads) * per_kv if kv_policy == "shared" else 0)
+
+
+def expected_norm_count(hf: torch.nn.Module) -> int:
+    return sum(
+        p.numel()
+        for m in hf.modules()
+        if isinstance(m, torch.nn.LayerNorm) or type(m).__name__.endswith("RMSNorm")
+        for p in m.parameters(recurse=False)
+    )
+
+
+def _region_masks(plan: TrainablePlan, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    masks = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
+    for e in plan.entries:
+        if e.dim is None:
+            masks[e.name][...] = True
+        else:
+            masks[e.name].narrow(e.dim, e.start, e.stop - e.start).fill_(True)
+    return masks
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("method", ["ctsft", "near_zero", "random_heads"])
+def test_head_methods_keep_frozen_entries_bit_identical(
+    tiny_model_dirs: dict[str, Path], rows: list[dict], arch: str, method: str
+) -> None:
+    model = load_task_model(tiny_model_dirs[arch], "nusax", max_length=16)
+    plan = build_plan(model.hf, model.adapter, _method(method), CIRCUIT)
+    heads = CIRCUIT[LIST_OF[method]]
+    assert plan.trainable == expected_head_count(model.hf, heads) + expected_norm_count(model.hf)
+    assert f"{plan.trainable:,} trainable" in plan.describe()
+    before = {n: p.detach().clone() for n, p in model.hf.named_parameters()}
+    trainer = Trainer(model, plan, CONFIG, seed=0)
+    trainer.fit(rows, progress=False)
+    trainer.finish()
+    after = dict(model.hf.named_parameters())
+    assert after.keys() == before.keys()
+    masks = _region_masks(plan, before)
+    for name, old in before.items():
+        new = after[name].detach()
+        frozen = ~masks[name]
+        assert torch.equal(new[frozen], old[frozen]), f"frozen entries of {name} moved"
+    for e in plan.entries:
+        old = before[e.name] if e.dim is None else before[e.name].narrow(e.dim, e.start, e.stop - e.start)
+        new = after[e.name].detach()
+        new = new if e.dim is None else new.narrow(e.dim, e.start, e.stop - e.start)
+        if arch == "tiny_bert" and e.name.endswith("attention.self.key.bias"):
+            continue  # a key bias adds the same score to every key: softmax makes its gradient 0
+        assert not torch.equal(new, old), f"trainable {e} did not change"
+
+
+def test_frozen_kv_policy_trains_only_q_and_o(tiny_model_dirs: dict[str, Path]) -> None:
+    model = load_task_model(tiny_model_dirs["tiny_qwen2"], "nusax")
+    plan = build_plan(model.hf, model.adapter, _method("ctsft", kv_policy="frozen", train_norms=False), CIRCUIT)
+    assert plan.trainable == expected_head_count(model.hf, CIRCUIT["circuit"], kv_policy="frozen")
+    assert not any("k_proj" in e.name or "v_proj" in e.name for e in plan.entries)
+
+
+def test_optimizer_state_only_for_selected_entries(tiny_model_dirs: dict[str, Path], rows: list[dict]) -> None:
+    model = load_task_model(tiny_model_dirs["tiny_bert"], "nusax", max_length=16)
+    plan = build_plan(model.hf, model.adapter, _method("ctsft"), CIRCUIT)
+    trainer = Trainer(model, plan, TrainConfig(epochs=1, max_steps=1, batch_size=4), seed=0)
+    trainer.fit(rows[:4], progress=False)
+    assert trainer.optimizer is not None
+    state_numel = sum(s["exp_avg"].numel() for s in trainer.optimizer.state.values())
+    assert state_numel == plan.trainable
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_lora_leaves_base_weights_untouched(tiny_model_dirs: dict[str, Path], rows: list[dict], arch: str) -> None:
+    model = load_task_model(tiny_model_dirs[arch], "nusax", max_length=16)
+    plan = build_plan(model.hf, model.adapter, OmegaConf.create({"name": "lora", "rank": None}), CIRCUIT)
+    cfg = model.hf.config
+    d_model, n_heads = cfg.hidden_size, cfg.num_attention_heads
+    d_head = getattr(cfg, "head_dim", None) or d_model // n_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    per_rank = cfg.num_hidden_layers * (
+        (d_model + n_heads * d_head) * 2 + 2 * (d_model + n_kv * d_head)
+    )  # q, o, k, v: r * (in + out)
+    target = expected_head_count(model.hf, CIRCUIT["circuit"]) + expected_norm_count(model.hf)
+    best = min(range(1, 64), key=lambda r: (abs(r * per_rank - target), r))
+    assert plan.lora_rank == best
+    assert plan.trainable == best * per_rank
+    before = {n: p.detach().clone() for n, p in model.hf.named_parameters()}
+    trainer = Trainer(model, plan, CONFIG, seed=0)
+    assert sum(p.numel() for _, p in trainer.named) == plan.trainable
+    trainer.fit(rows, progress=False)
+    for name, param in model.hf.named_parameters():
+        if "lora_" in name:
+            if "lora_B" in name:
+                assert param.abs().sum() > 0, name
+            continue
+        base = name.replace(".base_layer", "")
+        assert torch.equal(param.detach(), before[base]), f"base weight {base} moved"
+    trainer.finish()
+    after = dict(model.hf.named_parameters())
+    assert after.keys() == before.keys()
+    changed = {n for n in before if not torch.equal(after[n].detach(), before[n])}
+    assert changed and all(n.endswith("weight") for n in changed)
+    lora_weights = {name + ".weight" for name in plan.lora_modules}
+    assert changed <= lora_weights
+
+
+def test_freeze_embeddings_in_full_ft(tiny_model_dirs: dict[str, Path]) -> None:
+    model = load_task_model(tiny_model_dirs["tiny_llama"], "nusax")
+    plan = build_plan(model.hf, model.adapter, _method("full_ft"), None, freeze_embeddings=True)
+    table = model.hf.get_input_embeddings().weight
+    assert plan.trainable == sum(p.numel() for p in model.hf.parameters()) - table.numel()

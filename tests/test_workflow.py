@@ -1,0 +1,314 @@
+"""The Snakemake workflow: planning, lint, config validation, and a real tiny end-to-end run.
+
+The end-to-end test runs the real DAG (config/tiny.yaml, tiny random BERT) into a temporary
+results folder:
+
+    pytest tests/test_workflow.py::test_tiny_end_to_end
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = str(BIN / "snakemake")
+SNAKEFMT = str(BIN / "snakefmt")
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+NUSAX_LANGS = 12
+XNLI_LANGS = 15
+STEPS = (
+    "prepare_model",
+    "finetune",
+    "mean_baseline",
+    "score_heads",
+    "select_circuit",
+    "faithfulness",
+    "transfer",
+    "evaluate",
+)
+
+
+def offline_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        WANDB_MODE="disabled",
+        # any attempt to reach the network fails fast instead of hanging
+        HTTP_PROXY="http://127.0.0.1:9",
+        HTTPS_PROXY="http://127.0.0.1:9",
+    )
+    return env
+
+
+def snakemake(*args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [SNAKEMAKE, *args],
+        cwd=REPO,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The `Job stats` table of a (dry) run as {rule: count}."""
+    counts: dict[str, int] = {}
+    block = output.split("Job stats:", 1)
+    if len(block) < 2:
+        return counts
+    for line in block[1].splitlines()[3:]:
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if not match or match.group(1) == "total":
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def plan(*args: str) -> dict[str, int]:
+    proc = snakemake("-n", *args, "--quiet", "rules")
+    return job_counts(proc.stdout + proc.stderr)
+
+
+def load_config(name: str) -> dict:
+    return yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
+
+
+# ---------------------------------------------------------------- planning
+def test_paper_grid_plans_every_job():
+    counts = plan("--configfile", "config/config.yaml")
+    pairs = 2 * (NUSAX_LANGS - 1) + (XNLI_LANGS - 1)  # ind and eng -> NusaX, en -> XNLI
+    seeds, ks = 4, 1
+    trained = 1 + 4 * ks  # full_ft + (ctsft, near_zero, random_heads, lora) per k
+    assert counts["transfer"] == pairs * trained * seeds == 720
+    assert counts["evaluate"] == pairs * (trained * seeds + 1) == 756  # + zero-shot once
+    for rule in ("finetune", "evaluate_proxy", "mean_baseline", "score_heads"):
+        assert counts[rule] == 3, rule  # one per (task, proxy)
+    assert counts["select_circuit"] == counts["faithfulness"] == 3 * ks
+    assert counts["prepare_model"] <= 1  # 0 when results/models/e5_small exists already
+    assert counts["tables"] == counts["figures"] == counts["all"] == 1
+
+
+def test_default_configfile_is_the_paper_grid():
+    assert plan() == plan("--configfile", "config/config.yaml")
+
+
+def test_quick_config_replaces_the_paper_grid(tmp_path):
+    counts = plan(
+        "--configfile",
+        "config/quick.yaml",
+        "--config",
+        f"results_dir={tmp_path}/r",
+        f"models_dir={tmp_path}/m",
+    )
+    assert counts == {
+        "prepare_model": 1,
+        "finetune": 1,
+        "evaluate_proxy": 1,
+        "mean_baseline": 1,
+        "score_heads": 1,
+        "select_circuit": 1,
+        "faithfulness": 1,
+        "transfer": 3 * 4,  # jav, sun, bug x full_ft, ctsft, near_zero, lora
+        "evaluate": 3 * 5,  # + zero_shot
+        "tables": 1,
+        "figures": 1,
+        "all": 1,
+    }
+
+
+def test_one_pair_runs_only_its_chain(tmp_path):
+    target = f"{tmp_path}/r/nusax/e5_small/ind-jav/ctsft/k0.05/seed0/metrics.json"
+    counts = plan(
+        target,
+        "--configfile",
+        "config/quick.yaml",
+        "--config",
+        f"results_dir={tmp_path}/r",
+        f"models_dir={tmp_path}/m",
+    )
+    assert counts == {
+        "prepare_model": 1,
+        "finetune": 1,
+        "evaluate_proxy": 1,
+        "mean_baseline": 1,
+        "score_heads": 1,
+        "select_circuit": 1,
+        "transfer": 1,
+        "evaluate": 1,
+    }
+
+
+def test_model_switch_plans_without_network(tmp_path):
+    counts = plan(
+        "--config",
+        "model=qwen2_5_0_5b",
+        f"results_dir={tmp_path}/r",
+        f"models_dir={tmp_path}/m",
+    )
+    assert counts["prepare_model"] == 1 and counts["transfer"] == 720
+    assert not (tmp_path / "m").exists()
+
+
+# ---------------------------------------------------------------- lint and format
+@pytest.mark.parametrize("config", ["config", "quick", "tiny"])
+def test_snakemake_lint_is_clean(config):
+    proc = snakemake("--lint", "--configfile", f"config/{config}.yaml", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Congratulations, your workflow is in a good condition!" in out
+    assert "Lints for" not in out
+
+
+def test_snakefmt_check_passes():
+    proc = subprocess.run(
+        [SNAKEFMT, "--check", "."], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- config schema
+@pytest.mark.parametrize("config", ["config", "quick", "tiny"])
+def test_config_files_validate(config):
+    from snakemake.utils import validate
+
+    validate(load_config(config), str(SCHEMA))
+
+
+def test_schema_rejects_a_typo_readably():
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    cfg = load_config("quick")
+    cfg["seedz"] = cfg.pop("seeds")
+    with pytest.raises(WorkflowError) as err:
+        validate(cfg, str(SCHEMA))
+    message = str(err.value)
+    assert "seedz" in message and "not allowed" in message
+
+
+@pytest.mark.parametrize(
+    "mutate, words",
+    [
+        (lambda c: c["experiments"][0].update(proxy="klingon"), ["klingon"]),
+        (lambda c: c["methods"][0].update(overides=["method=ctsft"]), ["overides"]),
+        (lambda c: c["hydra_overrides"].update(trainn=["train=quick"]), ["trainn"]),
+        (lambda c: c.update(seeds="0"), ["'0' is not of type 'array'"]),
+    ],
+)
+def test_schema_rejects_bad_values(mutate, words):
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    cfg = copy.deepcopy(load_config("quick"))
+    mutate(cfg)
+    with pytest.raises(WorkflowError) as err:
+        validate(cfg, str(SCHEMA))
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_a_typo_stops_snakemake_before_any_job(tmp_path):
+    proc = snakemake("-n", "--configfile", "config/tiny.yaml", "--config", "seedz=[1]", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "seedz" in out and "Additional properties are not allowed" in out
+
+
+# ---------------------------------------------------------------- end to end
+def missing_steps() -> list[str]:
+    return [s for s in STEPS if importlib.util.find_spec(f"ctsft.steps.{s}") is None]
+
+
+def tiny_args(results: Path, configfile: Path | str = "config/tiny.yaml") -> list[str]:
+    return [
+        "--configfile",
+        str(configfile),
+        "--config",
+        f"results_dir={results}",
+        f"models_dir={results}/models",
+    ]
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end(tmp_path):
+    missing = missing_steps()
+    if missing:
+        pytest.skip(f"workflow steps not implemented yet: {', '.join(missing)}")
+    results = tmp_path / "results"
+    cfg = load_config("tiny")
+    methods = [m["name"] for m in cfg["methods"]]
+    targets = cfg["experiments"][0]["targets"]
+
+    # 1. the whole DAG, for real
+    snakemake("--cores", "2", *tiny_args(results), timeout=1800)
+    tables = results / "tables"
+    for name in ("table1_nusax", "table3_forgetting"):
+        for fmt in ("csv", "md", "tex"):
+            assert (tables / f"{name}.{fmt}").stat().st_size > 0
+    table1 = csv_rows(tables / "table1_nusax.csv")
+    assert len(table1) == len(targets) * len(methods)
+    assert {r["method"] for r in table1} == set(methods)
+    assert all(0.0 <= float(r["accuracy_mean"]) <= 1.0 for r in table1)
+    assert len(csv_rows(tables / "table3_forgetting.csv")) == len(methods)
+    for fig in ("accuracy_vs_params", "forgetting", "tradeoff"):
+        assert (results / "figures" / f"{fig}.png").stat().st_size > 0
+    assert (results / "nusax/tiny_bert/ind/heatmap.png").stat().st_size > 0
+
+    # 2. a second run has nothing to do, quickly
+    started = time.monotonic()
+    again = snakemake("--cores", "2", *tiny_args(results))
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert time.monotonic() - started < 15
+
+    # 3. changing only ctsft's training settings reruns only ctsft and what depends on it
+    edited = copy.deepcopy(cfg)
+    for m in edited["methods"]:
+        if m["name"] == "ctsft":
+            m["overrides"] = [*m["overrides"], "train.lr=2.0e-3"]
+    edited_file = tmp_path / "tiny_ctsft_edit.yaml"
+    edited_file.write_text(yaml.safe_dump(edited))
+    counts = plan(*tiny_args(results, edited_file))
+    assert counts == {"transfer": 1, "evaluate": 1, "tables": 1, "figures": 1, "all": 1}
+
+    # 4. a job that fails leaves no output that Snakemake takes as finished
+    broken = copy.deepcopy(cfg)
+    broken["hydra_overrides"]["transfer"] = ["train=no_such_train_config"]
+    broken_file = tmp_path / "tiny_broken.yaml"
+    broken_file.write_text(yaml.safe_dump(broken))
+    checkpoint = results / "nusax/tiny_bert/ind-jav/full_ft/seed0/checkpoint"
+    assert checkpoint.is_dir()
+    failed = snakemake(
+        "--cores", "1", str(checkpoint), *tiny_args(results, broken_file), check=False
+    )
+    assert failed.returncode != 0
+    assert "error: bad config override" in failed.stdout + failed.stderr
+    assert not checkpoint.exists()
+    # ... and the original config sees the hole and plans to rebuild it
+    counts = plan(*tiny_args(results))
+    assert counts.get("transfer") == 1

@@ -1,0 +1,101 @@
+rule mean_baseline:
+    """Label-balanced mean of every head's output on the proxy discovery set (mu)."""
+    input:
+        proxy_checkpoint=proxy_checkpoint,
+    output:
+        mu=results(f"{PROXY}/mu.safetensors"),
+    log:
+        logfile("mean_baseline", PROXY),
+    benchmark:
+        benchfile("mean_baseline", PROXY)
+    conda:
+        "../envs/ctsft.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    params:
+        step="mean_baseline",
+        overrides=overrides_proxy("mean_baseline", "mean_baseline"),
+    script:
+        "../scripts/run_step.py"
+
+
+rule score_heads:
+    """CD-T decomposition from every head to the logits; signed gold-label relevance per head."""
+    input:
+        proxy_checkpoint=proxy_checkpoint,
+        mu=proxy_mu,
+    output:
+        scores=results(f"{PROXY}/scores.tsv"),
+        heatmap=report(
+            results(f"{PROXY}/heatmap.png"),
+            caption="../report/heatmap.rst",
+            category="Head scores",
+            subcategory="{task} {proxy}",
+            labels={"task": "{task}", "model": "{model}", "proxy": "{proxy}"},
+        ),
+    log:
+        logfile("score_heads", PROXY),
+    benchmark:
+        benchfile("score_heads", PROXY)
+    conda:
+        "../envs/ctsft.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    params:
+        step="score_heads",
+        overrides=overrides_proxy("score_heads", "score_heads"),
+    script:
+        "../scripts/run_step.py"
+
+
+rule select_circuit:
+    """Top-k heads by score (the circuit), the k smallest |score| (NearZero) and a random set."""
+    input:
+        scores=proxy_scores,
+    output:
+        circuit=results(f"{PROXY}/k{{k}}/circuit.json"),
+    log:
+        logfile("select_circuit", f"{PROXY}/k{{k}}"),
+    benchmark:
+        benchfile("select_circuit", f"{PROXY}/k{{k}}")
+    conda:
+        "../envs/ctsft.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        step="select_circuit",
+        overrides=overrides_circuit,
+    script:
+        "../scripts/run_step.py"
+
+
+rule faithfulness:
+    """How much of the proxy model's behaviour the circuit carries, against random head sets."""
+    input:
+        proxy_checkpoint=proxy_checkpoint,
+        mu=proxy_mu,
+        circuit=results(f"{PROXY}/k{{k}}/circuit.json"),
+        scores=proxy_scores,
+    output:
+        faithfulness=results(f"{PROXY}/k{{k}}/faithfulness.json"),
+    log:
+        logfile("faithfulness", f"{PROXY}/k{{k}}"),
+    benchmark:
+        benchfile("faithfulness", f"{PROXY}/k{{k}}")
+    conda:
+        "../envs/ctsft.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    params:
+        step="faithfulness",
+        overrides=overrides_faithfulness,
+    script:
+        "../scripts/run_step.py"

@@ -1,0 +1,302 @@
+# Target lists, path patterns and named input/param functions shared by every rule file.
+#
+# Layout (R = config["results_dir"], M = config["models_dir"]):
+#   M/{model}/                                         prepared base model
+#   R/{task}/{model}/{proxy}/proxy_checkpoint/         theta_1 (competence tuning)
+#   R/{task}/{model}/{proxy}/proxy_eval/metrics.json   theta_1 on the proxy test set (forgetting base)
+#   R/{task}/{model}/{proxy}/mu.safetensors            label-balanced mean baseline
+#   R/{task}/{model}/{proxy}/scores.tsv, heatmap.png   CD-T head scores
+#   R/{task}/{model}/{proxy}/k{k}/circuit.json         selected heads (+ near_zero, random sets)
+#   R/{task}/{model}/{proxy}/k{k}/faithfulness.json
+#   R/{task}/{model}/{proxy}-{target}/{variant}/seed{seed}/checkpoint/    transfer
+#   R/{task}/{model}/{proxy}-{target}/{variant}/seed{seed}/metrics.json   evaluation
+#   R/tables/, R/figures/, R/logs/, R/benchmarks/
+# where {variant} is the method name (zero_shot, full_ft) or, for methods that need a circuit,
+# "<method>/k<k>" (ctsft/k0.05): the circuit size is part of what varies.
+
+import re
+from pathlib import Path
+
+from ctsft.data.tasks import TASKS
+
+R = config["results_dir"].rstrip("/")
+M = config["models_dir"].rstrip("/")
+MODEL = config["model"]
+SEEDS = [int(s) for s in config["seeds"]]
+PROXY_SEED = int(config["proxy_seed"])
+KS = [str(k) for k in config["k"]]
+METHODS = {spec["name"]: spec for spec in config["methods"]}
+TASKS_RUN = sorted({exp["task"] for exp in config["experiments"]})
+WANDB = config["wandb"]
+
+def _check_config():
+    """What the schema cannot say: names and grid entries must be unique."""
+    names = [spec["name"] for spec in config["methods"]]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"config: method names must be unique, repeated: {', '.join(dupes)}")
+    seen = [(exp["task"], exp["proxy"]) for exp in config["experiments"]]
+    dupes = sorted({f"{t}/{p}" for t, p in seen if seen.count((t, p)) > 1})
+    if dupes:
+        raise ValueError(
+            f"config: one experiments entry per task and proxy, repeated: {', '.join(dupes)}"
+        )
+
+
+_check_config()
+
+# Table number of each task: the wandb group and the table file names.
+TABLE_OF_TASK = {"nusax": "table1_nusax", "xnli": "table2_xnli"}
+TABLE_FORGETTING = "table3_forgetting"
+TABLE_FORMATS = ["csv", "md", "tex"]
+FIGURES = ["accuracy_vs_params", "forgetting", "tradeoff"]
+
+
+def _alternatives(values):
+    """A regex that matches exactly one of `values` (a closed wildcard)."""
+    return "|".join(re.escape(str(v)) for v in sorted(set(values), key=str))
+
+
+def targets_of(experiment):
+    """Target languages of one experiment (`all`: every language of the task but the proxy)."""
+    targets = experiment.get("targets", "all")
+    if targets == "all":
+        targets = TASKS[experiment["task"]].languages
+    return [t for t in targets if t != experiment["proxy"]]
+
+
+def variants():
+    """Every (variant, method name, k or None) of the config: one per circuit size for circuit methods."""
+    out = []
+    for name, spec in METHODS.items():
+        if spec.get("circuit", False):
+            out.extend((f"{name}/k{k}", name, k) for k in KS)
+        else:
+            out.append((name, name, None))
+    return out
+
+
+VARIANTS = {variant: (name, k) for variant, name, k in variants()}
+TRANSFER_VARIANTS = [
+    v for v, (name, _) in VARIANTS.items() if METHODS[name].get("transfer", True)
+]
+
+
+def split_variant(variant):
+    """(method name, k or None) of a variant wildcard."""
+    return VARIANTS[variant]
+
+
+def pairs():
+    """Every configured (task, proxy, target)."""
+    return [
+        (exp["task"], exp["proxy"], target)
+        for exp in config["experiments"]
+        for target in targets_of(exp)
+    ]
+
+
+def proxies():
+    """Every configured (task, proxy)."""
+    return list(dict.fromkeys((exp["task"], exp["proxy"]) for exp in config["experiments"]))
+
+
+def run_seeds(variant):
+    """Seeds of a variant: zero-shot evaluates the one proxy checkpoint once."""
+    name, _ = split_variant(variant)
+    return SEEDS if METHODS[name].get("transfer", True) else [PROXY_SEED]
+
+
+# ---------------------------------------------------------------- paths
+def results(path):
+    """`path` under the results folder of this config."""
+    return f"{R}/{path}"
+
+
+def models(path):
+    """`path` under the shared models folder."""
+    return f"{M}/{path}"
+
+
+PROXY = "{task}/{model}/{proxy}"  # proxy-level artifacts (one per task, model, proxy)
+RUN = "{task}/{model}/{proxy}-{target}/{variant}/seed{seed}"  # one transfer run
+
+
+def logfile(rule, pattern):
+    """Log file of a job of `rule` (pattern: the job's wildcards)."""
+    return results(f"logs/{rule}/{pattern}.log")
+
+
+def benchfile(rule, pattern):
+    """Benchmark TSV of a job of `rule`."""
+    return results(f"benchmarks/{rule}/{pattern}.tsv")
+
+
+def metrics_files():
+    """Every evaluation of the grid (the inputs of the tables and figures)."""
+    return [
+        f"{R}/{task}/{MODEL}/{proxy}-{target}/{variant}/seed{seed}/metrics.json"
+        for task, proxy, target in pairs()
+        for variant in VARIANTS
+        for seed in run_seeds(variant)
+    ]
+
+
+def circuit_files():
+    return [
+        f"{R}/{task}/{MODEL}/{proxy}/k{k}/circuit.json"
+        for task, proxy in proxies()
+        for k in KS
+    ]
+
+
+def faithfulness_files():
+    if not config.get("report", {}).get("faithfulness", True):
+        return []
+    return [
+        f"{R}/{task}/{MODEL}/{proxy}/k{k}/faithfulness.json"
+        for task, proxy in proxies()
+        for k in KS
+    ]
+
+
+def heatmap_files():
+    return [f"{R}/{task}/{MODEL}/{proxy}/heatmap.png" for task, proxy in proxies()]
+
+
+def table_files():
+    names = [TABLE_OF_TASK[task] for task in TASKS_RUN] + [TABLE_FORGETTING]
+    return [f"{R}/tables/{name}.{fmt}" for name in names for fmt in TABLE_FORMATS]
+
+
+def figure_files():
+    return [f"{R}/figures/{name}.png" for name in FIGURES]
+
+
+def all_targets():
+    return (
+        table_files()
+        + figure_files()
+        + heatmap_files()
+        + circuit_files()
+        + faithfulness_files()
+    )
+
+
+# ---------------------------------------------------------------- input functions
+def model_dir(wildcards):
+    return f"{M}/{wildcards.model}"
+
+
+def proxy_checkpoint(wildcards):
+    return f"{R}/{wildcards.task}/{wildcards.model}/{wildcards.proxy}/proxy_checkpoint"
+
+
+def proxy_mu(wildcards):
+    return f"{R}/{wildcards.task}/{wildcards.model}/{wildcards.proxy}/mu.safetensors"
+
+
+def proxy_scores(wildcards):
+    return f"{R}/{wildcards.task}/{wildcards.model}/{wildcards.proxy}/scores.tsv"
+
+
+def proxy_baseline_metrics(wildcards):
+    return f"{R}/{wildcards.task}/{wildcards.model}/{wildcards.proxy}/proxy_eval/metrics.json"
+
+
+def transfer_inputs(wildcards):
+    """The proxy checkpoint, plus the circuit of the variant's k for circuit methods."""
+    name, k = split_variant(wildcards.variant)
+    inputs = {"proxy_checkpoint": proxy_checkpoint(wildcards)}
+    if METHODS[name].get("circuit", False):
+        base = f"{R}/{wildcards.task}/{wildcards.model}/{wildcards.proxy}"
+        inputs["circuit"] = f"{base}/k{k}/circuit.json"
+    return inputs
+
+
+def evaluated_checkpoint(wildcards):
+    """The transferred checkpoint, or the proxy checkpoint itself for zero-shot."""
+    name, _ = split_variant(wildcards.variant)
+    if not METHODS[name].get("transfer", True):
+        return proxy_checkpoint(wildcards)
+    return f"{R}/{wildcards.task}/{wildcards.model}/{wildcards.proxy}-{wildcards.target}/{wildcards.variant}/seed{wildcards.seed}/checkpoint"
+
+
+# ---------------------------------------------------------------- Hydra overrides (params)
+def _common(wildcards, step, rule):
+    """Overrides every step gets: task, model, data root, wandb grouping, per-step extras."""
+    overrides = [f"task={wildcards.task}", f"model={wildcards.model}"]
+    if config.get("data_root"):
+        overrides.append(f"data.root={config['data_root']}")
+    # wandb run name: the wildcards, e.g. task-nusax_model-e5_small_proxy-ind_..._variant-ctsft-k0.05
+    name = re.sub(r"[^\w.-]+", "-", "_".join(f"{k}-{v}" for k, v in wildcards.items()))
+    overrides += [
+        f"wandb.mode={WANDB.get('mode', 'disabled')}",
+        f"wandb.project={WANDB.get('project', 'ctsft')}",
+        f"wandb.group={wildcards.task}",  # the table: nusax (Table 1) or xnli (Table 2)
+        f"wandb.job_type={rule}",
+        f"wandb.name={name or rule}",
+    ]
+    extras = config.get("hydra_overrides", {})
+    return overrides + list(extras.get("all", [])) + list(extras.get(step, []))
+
+
+def overrides_model(wildcards):
+    extras = config.get("hydra_overrides", {})
+    return (
+        [f"model={wildcards.model}"]
+        + list(extras.get("all", []))
+        + list(extras.get("prepare_model", []))
+    )
+
+
+def overrides_proxy(step, rule):
+    """Param function of a proxy-level step (seed = proxy_seed)."""
+
+    def overrides(wildcards):
+        ov = _common(wildcards, step, rule)
+        return ov + [
+            f"proxy={wildcards.proxy}",
+            f"target={wildcards.proxy}",
+            f"seed={PROXY_SEED}",
+        ]
+
+    overrides.__name__ = f"overrides_{rule}"
+    return overrides
+
+
+def overrides_circuit(wildcards):
+    return overrides_proxy("select_circuit", "select_circuit")(wildcards) + [
+        f"cdt.k={wildcards.k}"
+    ]
+
+
+def overrides_faithfulness(wildcards):
+    return overrides_proxy("faithfulness", "faithfulness")(wildcards) + [
+        f"cdt.k={wildcards.k}"
+    ]
+
+
+def overrides_proxy_eval(wildcards):
+    return overrides_proxy("evaluate", "evaluate_proxy")(wildcards) + [
+        "method=zero_shot"
+    ]
+
+
+def _pair(wildcards, step, rule):
+    name, _ = split_variant(wildcards.variant)
+    ov = _common(wildcards, step, rule)
+    ov += [
+        f"proxy={wildcards.proxy}",
+        f"target={wildcards.target}",
+        f"seed={wildcards.seed}",
+    ]
+    return ov + list(METHODS[name]["overrides"])
+
+
+def overrides_transfer(wildcards):
+    return _pair(wildcards, "transfer", "transfer")
+
+
+def overrides_evaluate(wildcards):
+    return _pair(wildcards, "evaluate", "evaluate")

@@ -1,0 +1,22 @@
+rule evaluate:
+    """Target accuracy / macro-F1, proxy accuracy after transfer (forgetting), % parameters updated."""
+    input:
+        checkpoint=evaluated_checkpoint,
+        baseline_metrics=proxy_baseline_metrics,
+    output:
+        metrics=results(f"{RUN}/metrics.json"),
+    log:
+        logfile("evaluate", RUN),
+    benchmark:
+        benchfile("evaluate", RUN)
+    conda:
+        "../envs/ctsft.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    params:
+        step="evaluate",
+        overrides=overrides_evaluate,
+    script:
+        "../scripts/run_step.py"

@@ -1,0 +1,23 @@
+rule transfer:
+    """Phase 2 on the target language: full_ft, CT-SFT (circuit heads + norms), NearZero, random heads, LoRA."""
+    input:
+        unpack(transfer_inputs),
+    output:
+        checkpoint=directory(results(f"{RUN}/checkpoint")),
+    log:
+        logfile("transfer", RUN),
+    benchmark:
+        benchfile("transfer", RUN)
+    wildcard_constraints:
+        variant=_alternatives(TRANSFER_VARIANTS),
+    conda:
+        "../envs/ctsft.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    params:
+        step="transfer",
+        overrides=overrides_transfer,
+    script:
+        "../scripts/run_step.py"
