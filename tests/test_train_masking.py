@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from ctsft.data import load_split
 from ctsft.models import load_task_model
-from ctsft.train import Trainer, TrainConfig, build_plan
+from ctsft.train import TrainConfig, Trainer, build_plan
 from ctsft.train.methods import TrainablePlan
 
 ARCHES = ("tiny_bert", "tiny_llama", "tiny_qwen2", "tiny_gemma3")
@@ -27,7 +27,13 @@ CIRCUIT = {
 }  # fmt: skip
 LIST_OF = {"ctsft": "circuit", "near_zero": "near_zero", "random_heads": "random"}
 CONFIG = TrainConfig(
-    epochs=100, max_steps=20, lr=1e-2, batch_size=4, weight_decay=0.1, warmup_ratio=0.0, max_grad_norm=1.0
+    epochs=100,
+    max_steps=20,
+    lr=1e-2,
+    batch_size=4,
+    weight_decay=0.1,
+    warmup_ratio=0.0,
+    max_grad_norm=1.0,
 )
 
 
@@ -50,13 +56,19 @@ def _method(name: str, **extra: object) -> object:
     return OmegaConf.create({**base, **extra})
 
 
-def expected_head_count(hf: torch.nn.Module, heads: list[list[int]], kv_policy: str = "shared") -> int:
+def expected_head_count(
+    hf: torch.nn.Module, heads: list[list[int]], kv_policy: str = "shared"
+) -> int:
     """Per query head: q rows (+bias) and o columns; per distinct (layer, kv head): k and v rows (+bias)."""
     cfg = hf.config
     d_model, n_heads = cfg.hidden_size, cfg.num_attention_heads
     d_head = getattr(cfg, "head_dim", None) or d_model // n_heads
     n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
-    qkv_bias = cfg.model_type == "bert" or cfg.model_type == "qwen2" or bool(getattr(cfg, "attention_bias", False))
+    qkv_bias = (
+        cfg.model_type == "bert"
+        or cfg.model_type == "qwen2"
+        or bool(getattr(cfg, "attention_bias", False))
+    )
     per_q = d_head * d_model + (d_head if qkv_bias else 0) + d_model * d_head
     kv_heads = {(layer, head // (n_heads // n_kv)) for layer, head in heads}
     per_kv = 2 * (d_head * d_model + (d_head if qkv_bias else 0))
@@ -104,7 +116,11 @@ def test_head_methods_keep_frozen_entries_bit_identical(
         frozen = ~masks[name]
         assert torch.equal(new[frozen], old[frozen]), f"frozen entries of {name} moved"
     for e in plan.entries:
-        old = before[e.name] if e.dim is None else before[e.name].narrow(e.dim, e.start, e.stop - e.start)
+        old = (
+            before[e.name]
+            if e.dim is None
+            else before[e.name].narrow(e.dim, e.start, e.stop - e.start)
+        )
         new = after[e.name].detach()
         new = new if e.dim is None else new.narrow(e.dim, e.start, e.stop - e.start)
         if arch == "tiny_bert" and e.name.endswith("attention.self.key.bias"):
@@ -114,12 +130,16 @@ def test_head_methods_keep_frozen_entries_bit_identical(
 
 def test_frozen_kv_policy_trains_only_q_and_o(tiny_model_dirs: dict[str, Path]) -> None:
     model = load_task_model(tiny_model_dirs["tiny_qwen2"], "nusax")
-    plan = build_plan(model.hf, model.adapter, _method("ctsft", kv_policy="frozen", train_norms=False), CIRCUIT)
+    plan = build_plan(
+        model.hf, model.adapter, _method("ctsft", kv_policy="frozen", train_norms=False), CIRCUIT
+    )
     assert plan.trainable == expected_head_count(model.hf, CIRCUIT["circuit"], kv_policy="frozen")
     assert not any("k_proj" in e.name or "v_proj" in e.name for e in plan.entries)
 
 
-def test_optimizer_state_only_for_selected_entries(tiny_model_dirs: dict[str, Path], rows: list[dict]) -> None:
+def test_optimizer_state_only_for_selected_entries(
+    tiny_model_dirs: dict[str, Path], rows: list[dict]
+) -> None:
     model = load_task_model(tiny_model_dirs["tiny_bert"], "nusax", max_length=16)
     plan = build_plan(model.hf, model.adapter, _method("ctsft"), CIRCUIT)
     trainer = Trainer(model, plan, TrainConfig(epochs=1, max_steps=1, batch_size=4), seed=0)
@@ -130,9 +150,13 @@ def test_optimizer_state_only_for_selected_entries(tiny_model_dirs: dict[str, Pa
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-def test_lora_leaves_base_weights_untouched(tiny_model_dirs: dict[str, Path], rows: list[dict], arch: str) -> None:
+def test_lora_leaves_base_weights_untouched(
+    tiny_model_dirs: dict[str, Path], rows: list[dict], arch: str
+) -> None:
     model = load_task_model(tiny_model_dirs[arch], "nusax", max_length=16)
-    plan = build_plan(model.hf, model.adapter, OmegaConf.create({"name": "lora", "rank": None}), CIRCUIT)
+    plan = build_plan(
+        model.hf, model.adapter, OmegaConf.create({"name": "lora", "rank": None}), CIRCUIT
+    )
     cfg = model.hf.config
     d_model, n_heads = cfg.hidden_size, cfg.num_attention_heads
     d_head = getattr(cfg, "head_dim", None) or d_model // n_heads

@@ -18,7 +18,9 @@ from ctsft.models.task_model import TaskModel
 EVAL_SEED = 0
 
 
-def predict(model: TaskModel, rows: list[dict[str, Any]] | Dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: TaskModel, rows: list[dict[str, Any]] | Dataset, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
     """Predicted and gold label ids for `rows` (eval mode, no gradients)."""
     examples = rows.to_list() if isinstance(rows, Dataset) else list(rows)
     model.eval()
@@ -32,7 +34,9 @@ def predict(model: TaskModel, rows: list[dict[str, Any]] | Dataset, batch_size: 
     return (np.concatenate(preds) if preds else np.zeros(0, dtype=int)), labels
 
 
-def classification_metrics(labels: np.ndarray, preds: np.ndarray, label_names: tuple[str, ...]) -> dict[str, Any]:
+def classification_metrics(
+    labels: np.ndarray, preds: np.ndarray, label_names: tuple[str, ...]
+) -> dict[str, Any]:
     """Accuracy, macro-F1 over all labels (absent ones count as 0) and the confusion matrix (rows: gold)."""
     ids = list(range(len(label_names)))
     return {

@@ -29,12 +29,15 @@ METHODS = {spec["name"]: spec for spec in config["methods"]}
 TASKS_RUN = sorted({exp["task"] for exp in config["experiments"]})
 WANDB = config["wandb"]
 
+
 def _check_config():
     """What the schema cannot say: names and grid entries must be unique."""
     names = [spec["name"] for spec in config["methods"]]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"config: method names must be unique, repeated: {', '.join(dupes)}")
+        raise ValueError(
+            f"config: method names must be unique, repeated: {', '.join(dupes)}"
+        )
     seen = [(exp["task"], exp["proxy"]) for exp in config["experiments"]]
     dupes = sorted({f"{t}/{p}" for t, p in seen if seen.count((t, p)) > 1})
     if dupes:
@@ -98,7 +101,9 @@ def pairs():
 
 def proxies():
     """Every configured (task, proxy)."""
-    return list(dict.fromkeys((exp["task"], exp["proxy"]) for exp in config["experiments"]))
+    return list(
+        dict.fromkeys((exp["task"], exp["proxy"]) for exp in config["experiments"])
+    )
 
 
 def run_seeds(variant):

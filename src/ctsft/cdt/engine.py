@@ -220,7 +220,7 @@ class _Run:
                 return None, y if spec.bias is None else y + spec.bias
             inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + spec.eps)
             self.put(key, inv)
-            return None, x * inv * spec.scale
+            return None, x * (inv * spec.scale)  # same rounding as the two-part rule below
         if self.mode == "fast":
             inv = self.tot(key)
         else:

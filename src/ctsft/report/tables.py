@@ -215,7 +215,7 @@ def to_latex(display: pd.DataFrame, title: str, label: str) -> str:
 def write_table(long: pd.DataFrame, display: pd.DataFrame, name: str, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.{fmt}" for fmt in FORMATS]
-    long.to_csv(paths[0], index=False, float_format="%.6g")
+    long.to_csv(paths[0], index=False, float_format="%.10g")
     paths[1].write_text(to_markdown(display, TITLES[name]))
     paths[2].write_text(to_latex(display, TITLES[name], name))
     return paths

@@ -41,10 +41,14 @@ def _baseline_accuracy(path: str | None) -> float | None:
         return None
     file = Path(path)
     if not file.is_file():
-        raise CtsftError(f"baseline metrics {file} does not exist: evaluate the proxy checkpoint first")
+        raise CtsftError(
+            f"baseline metrics {file} does not exist: evaluate the proxy checkpoint first"
+        )
     value = read_json(file).get("proxy_accuracy")
     if value is None:
-        raise CtsftError(f"{file} has no proxy_accuracy: it is not a metrics.json of the evaluate step")
+        raise CtsftError(
+            f"{file} has no proxy_accuracy: it is not a metrics.json of the evaluate step"
+        )
     return float(value)
 
 
@@ -53,8 +57,14 @@ def run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     checkpoint, metrics_path = require(cfg, "checkpoint", "metrics")
     spec = task_spec(cfg)
-    model = load_task_model(checkpoint, spec, kind=str(cfg.model.kind), max_length=int(cfg.train.max_length))
-    meta = read_json(Path(checkpoint) / TASK_MODEL_FILE) if (Path(checkpoint) / TASK_MODEL_FILE).is_file() else {}
+    model = load_task_model(
+        checkpoint, spec, kind=str(cfg.model.kind), max_length=int(cfg.train.max_length)
+    )
+    meta = (
+        read_json(Path(checkpoint) / TASK_MODEL_FILE)
+        if (Path(checkpoint) / TASK_MODEL_FILE).is_file()
+        else {}
+    )
     training = meta.get("training", {})
     loaded = time.perf_counter()
     batch = int(cfg.train.eval_batch_size)
@@ -64,7 +74,9 @@ def run(cfg: DictConfig) -> dict:
     if str(cfg.proxy) == str(cfg.target):
         proxy = target
     else:
-        proxy = classification_metrics(*reversed(predict(model, _test_rows(cfg, str(cfg.proxy)), batch)), spec.label_names)
+        proxy = classification_metrics(
+            *reversed(predict(model, _test_rows(cfg, str(cfg.proxy)), batch)), spec.label_names
+        )
     proxy_done = time.perf_counter()
     method = str(cfg.method.name)
     total = sum(p.numel() for p in model.hf.parameters())
@@ -77,7 +89,9 @@ def run(cfg: DictConfig) -> dict:
         base_model_sha256=training.get("base_model_sha256"),
         training_method=training.get("method"),
         training_seed=training.get("seed"),
-        data_checksum=data_checksum(spec, sorted({str(cfg.target), str(cfg.proxy)}), root=cfg.data.root),
+        data_checksum=data_checksum(
+            spec, sorted({str(cfg.target), str(cfg.proxy)}), root=cfg.data.root
+        ),
         eval_seed=EVAL_SEED,
     )
     metrics = {

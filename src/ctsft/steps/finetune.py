@@ -23,7 +23,12 @@ def run(cfg: DictConfig) -> dict:
     model_dir, checkpoint = require(cfg, "model_dir", "checkpoint")
     method = OmegaConf.create({"name": "full_ft", "heads": None})
     record = run_training(cfg, model_dir, checkpoint, method, str(cfg.proxy))
-    log.info("proxy checkpoint %s: %d steps, final loss %.4f", checkpoint, record["steps"], record["final_loss"])
+    log.info(
+        "proxy checkpoint %s: %d steps, final loss %.4f",
+        checkpoint,
+        record["steps"],
+        record["final_loss"],
+    )
     return record
 
 

@@ -28,8 +28,16 @@ def run(cfg: DictConfig) -> dict:
     proxy_checkpoint, checkpoint = require(cfg, "proxy_checkpoint", "checkpoint")
     needs_circuit = method in HEAD_METHODS or (method == "lora" and cfg.method.get("rank") is None)
     circuit = require(cfg, "circuit")[0] if needs_circuit else cfg.io.get("circuit")
-    record = run_training(cfg, proxy_checkpoint, checkpoint, cfg.method, str(cfg.target), circuit_path=circuit)
-    log.info("%s checkpoint %s: %d steps, final loss %.4f", method, checkpoint, record["steps"], record["final_loss"])
+    record = run_training(
+        cfg, proxy_checkpoint, checkpoint, cfg.method, str(cfg.target), circuit_path=circuit
+    )
+    log.info(
+        "%s checkpoint %s: %d steps, final loss %.4f",
+        method,
+        checkpoint,
+        record["steps"],
+        record["final_loss"],
+    )
     return record
 
 

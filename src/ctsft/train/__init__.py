@@ -1,6 +1,12 @@
 """Training: methods as trainable-parameter plans, head-level masking, LoRA, the single loop."""
 
-from ctsft.train.loop import RunLog, Trainer, TrainConfig, optimizer_state_bytes, train_to_checkpoint
+from ctsft.train.loop import (
+    RunLog,
+    TrainConfig,
+    Trainer,
+    optimizer_state_bytes,
+    train_to_checkpoint,
+)
 from ctsft.train.masking import MaskedModel, SliceDelta
 from ctsft.train.methods import (
     HEAD_METHODS,

@@ -66,7 +66,9 @@ class TrainConfig:
             values["lora_dropout"] = float(method.get("dropout", 0.0))
         config = cls(**values)
         if config.schedule not in _SCHEDULES:
-            raise CtsftError(f"train.schedule must be one of {', '.join(_SCHEDULES)}, got {config.schedule!r}")
+            raise CtsftError(
+                f"train.schedule must be one of {', '.join(_SCHEDULES)}, got {config.schedule!r}"
+            )
         if config.batch_size < 1 or config.grad_accum < 1:
             raise CtsftError("train.batch_size and train.grad_accum must be >= 1")
         return config
@@ -75,7 +77,9 @@ class TrainConfig:
 class RunLog:
     """JSON-lines log, mirrored to wandb when a wandb run is active."""
 
-    def __init__(self, path: Path, wandb_cfg: dict[str, Any] | None, run_config: dict[str, Any]) -> None:
+    def __init__(
+        self, path: Path, wandb_cfg: dict[str, Any] | None, run_config: dict[str, Any]
+    ) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
@@ -97,7 +101,10 @@ class RunLog:
         self.handle.write(json.dumps(record, default=str) + "\n")
         self.handle.flush()
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in record.items() if isinstance(v, int | float)}, step=record.get("step"))
+            self.wandb.log(
+                {k: v for k, v in record.items() if isinstance(v, int | float)},
+                step=record.get("step"),
+            )
 
     def close(self) -> None:
         self.handle.close()
@@ -109,7 +116,9 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
+def _param_groups(
+    named: list[tuple[str, nn.Parameter]], weight_decay: float
+) -> list[dict[str, Any]]:
     """Decay matrices (as HF Trainer), not biases/norms; slice deltas decay via `decay_deltas`."""
     decay = [p for n, p in named if p.dim() >= 2 and ".parametrizations." not in n]
     rest = [p for n, p in named if not (p.dim() >= 2 and ".parametrizations." not in n)]
@@ -134,7 +143,9 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 class Trainer:
     """Sets a model up for one method, then trains it (`fit`) and writes the checkpoint (`save`)."""
 
-    def __init__(self, model: TaskModel, plan: TrainablePlan, config: TrainConfig, seed: int) -> None:
+    def __init__(
+        self, model: TaskModel, plan: TrainablePlan, config: TrainConfig, seed: int
+    ) -> None:
         self.model = model
         self.plan = plan
         self.config = config
@@ -144,13 +155,25 @@ class Trainer:
         self.masked: MaskedModel | None = None
         if plan.method == "lora":
             assert plan.lora_rank is not None
-            inject_lora(model.hf, plan.lora_modules, plan.lora_rank, config.lora_alpha_over_rank, config.lora_dropout)
+            inject_lora(
+                model.hf,
+                plan.lora_modules,
+                plan.lora_rank,
+                config.lora_alpha_over_rank,
+                config.lora_dropout,
+            )
         else:
             self.masked = MaskedModel(model.hf, plan)
         self.named = [(n, p) for n, p in model.hf.named_parameters() if p.requires_grad]
         if plan.method != "zero_shot" and not self.named:
-            raise CtsftError(f"method {plan.method} left no trainable parameter: check the method config")
-        self.optimizer = torch.optim.AdamW(_param_groups(self.named, config.weight_decay), lr=config.lr) if self.named else None
+            raise CtsftError(
+                f"method {plan.method} left no trainable parameter: check the method config"
+            )
+        self.optimizer = (
+            torch.optim.AdamW(_param_groups(self.named, config.weight_decay), lr=config.lr)
+            if self.named
+            else None
+        )
         self.step = 0
         self.last_loss = float("nan")
 
@@ -177,6 +200,39 @@ class Trainer:
         return float((preds == labels).mean())
 
     # -- training -----------------------------------------------------------------------------
+    def backward(self, encoded: dict[str, torch.Tensor], n_micro: int = 1) -> float:
+        """Forward + backward of one micro-batch (loss scaled by 1/n_micro); returns its loss."""
+        encoded = dict(encoded)
+        labels = encoded.pop("labels")
+        loss = nn.functional.cross_entropy(self.model(**encoded), labels)
+        if not torch.isfinite(loss):
+            raise CtsftError(f"loss became NaN at step {self.step + 1}: lower train.lr")
+        (loss / n_micro).backward()
+        return loss.item()
+
+    def apply_update(self, scheduler: Any | None = None) -> float:
+        """Clip, decay slice deltas, AdamW step, schedule step, zero grads; returns the grad norm."""
+        assert self.optimizer is not None
+        cfg = self.config
+        params = [p for _, p in self.named]
+        grad_norm = (
+            float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            if cfg.max_grad_norm
+            else float("nan")
+        )
+        lr = (
+            scheduler.get_last_lr()[0]
+            if scheduler is not None
+            else self.optimizer.param_groups[0]["lr"]
+        )
+        if self.masked is not None:
+            self.masked.decay_deltas(lr, cfg.weight_decay)
+        self.optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
     def fit(
         self,
         train_rows: list[dict[str, Any]],
@@ -205,7 +261,9 @@ class Trainer:
             num_warmup_steps=int(cfg.warmup_ratio * total),
             num_training_steps=max(total, 1),
         )
-        fp = _fingerprint({"fp": fingerprint, "train": asdict(cfg), "seed": self.seed, "rows": len(train_rows)})
+        fp = _fingerprint(
+            {"fp": fingerprint, "train": asdict(cfg), "seed": self.seed, "rows": len(train_rows)}
+        )
         epoch, batch_pos, best, bad, best_state = 0, 0, -1.0, 0, None
         state_file = resume_dir / "state.pt" if resume_dir else None
         if state_file and state_file.is_file():
@@ -220,35 +278,28 @@ class Trainer:
                 self.last_loss = saved["last_loss"]
                 log.info("resuming from %s at step %d", resume_dir, self.step)
             else:
-                log.warning("ignoring resume state in %s: it belongs to another configuration", resume_dir)
+                log.warning(
+                    "ignoring resume state in %s: it belongs to another configuration", resume_dir
+                )
         self.model.train()
         started = time.perf_counter()
-        bar = tqdm(total=total, initial=self.step, desc=f"train {self.plan.method}", disable=not progress, leave=False)
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            desc=f"train {self.plan.method}",
+            disable=not progress,
+            leave=False,
+        )
         stopped_early = False
         while epoch < epochs and self.step < total and not stopped_early:
             batches = self._batches(train_rows, epoch)
             while batch_pos < len(batches) and self.step < total:
                 window = batches[batch_pos : batch_pos + cfg.grad_accum]
-                loss_sum = 0.0
-                for batch in window:
-                    encoded = self.model.encode(batch)
-                    labels = encoded.pop("labels")
-                    logits = self.model(**encoded)
-                    loss = nn.functional.cross_entropy(logits, labels)
-                    if not torch.isfinite(loss):
-                        raise CtsftError(f"loss became NaN at step {self.step + 1}: lower train.lr")
-                    (loss / len(window)).backward()
-                    loss_sum += loss.item()
-                params = [p for _, p in self.named]
-                grad_norm = (
-                    float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)) if cfg.max_grad_norm else float("nan")
+                loss_sum = sum(
+                    self.backward(self.model.encode(batch), len(window)) for batch in window
                 )
                 lr = scheduler.get_last_lr()[0]
-                if self.masked is not None:
-                    self.masked.decay_deltas(lr, cfg.weight_decay)
-                self.optimizer.step()
-                scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                grad_norm = self.apply_update(scheduler)
                 self.step += 1
                 batch_pos += len(window)
                 self.last_loss = loss_sum / len(window)
@@ -256,10 +307,23 @@ class Trainer:
                 bar.set_postfix(loss=f"{self.last_loss:.4f}")
                 if run_log and (self.step % cfg.log_every == 0 or self.step == total):
                     run_log.write(
-                        {"step": self.step, "epoch": epoch, "loss": self.last_loss, "lr": lr, "grad_norm": grad_norm}
+                        {
+                            "step": self.step,
+                            "epoch": epoch,
+                            "loss": self.last_loss,
+                            "lr": lr,
+                            "grad_norm": grad_norm,
+                        }
                     )
-                if state_file and cfg.resume_every and self.step % cfg.resume_every == 0 and self.step < total:
-                    self._save_resume(state_file, fp, scheduler, epoch, batch_pos, best, bad, best_state)
+                if (
+                    state_file
+                    and cfg.resume_every
+                    and self.step % cfg.resume_every == 0
+                    and self.step < total
+                ):
+                    self._save_resume(
+                        state_file, fp, scheduler, epoch, batch_pos, best, bad, best_state
+                    )
             if batch_pos >= len(batches):
                 if cfg.early_stopping and valid_rows:
                     acc = self._accuracy(valid_rows)
@@ -285,7 +349,17 @@ class Trainer:
             "train_seconds": time.perf_counter() - started,
         }
 
-    def _save_resume(self, file: Path, fp: str, scheduler: Any, epoch: int, batch_pos: int, best: float, bad: int, best_state: Any) -> None:
+    def _save_resume(
+        self,
+        file: Path,
+        fp: str,
+        scheduler: Any,
+        epoch: int,
+        batch_pos: int,
+        best: float,
+        bad: int,
+        best_state: Any,
+    ) -> None:
         assert self.optimizer is not None
         state = {
             "fingerprint": fp,
@@ -347,9 +421,20 @@ def train_to_checkpoint(
     summary_line = plan.describe()
     log.info("%s: %s", plan.method, summary_line)
     print(f"[{plan.method}] {summary_line}", flush=True)
-    run_log = RunLog(Path(log_path) if log_path else checkpoint.with_name(checkpoint.name + ".log.jsonl"), wandb_cfg, record or {})
+    run_log = RunLog(
+        Path(log_path) if log_path else checkpoint.with_name(checkpoint.name + ".log.jsonl"),
+        wandb_cfg,
+        record or {},
+    )
     try:
-        run_log.write({"event": "start", "method": plan.method, "trainable": trainer.trainable_count, "total": plan.total})
+        run_log.write(
+            {
+                "event": "start",
+                "method": plan.method,
+                "trainable": trainer.trainable_count,
+                "total": plan.total,
+            }
+        )
         summary = trainer.fit(
             train_rows,
             valid_rows,
@@ -361,7 +446,9 @@ def train_to_checkpoint(
         trainer.finish()
         training = {**plan.to_dict(), **summary, **(record or {})}
         model.save(checkpoint, extra={"training": training})
-        run_log.write({"event": "done", "step": summary["steps"], "final_loss": summary["final_loss"]})
+        run_log.write(
+            {"event": "done", "step": summary["steps"], "final_loss": summary["final_loss"]}
+        )
     finally:
         run_log.close()
     shutil.rmtree(resume, ignore_errors=True)

@@ -39,14 +39,20 @@ def choose_rank(hf_model: nn.Module, modules: list[str], target: int, max_rank: 
     return min(candidates, key=lambda r: (abs(r * per_rank - target), r))
 
 
-def inject_lora(hf_model: nn.Module, modules: list[str], rank: int, alpha_over_rank: float, dropout: float) -> None:
+def inject_lora(
+    hf_model: nn.Module, modules: list[str], rank: int, alpha_over_rank: float, dropout: float
+) -> None:
     """Add LoRA layers in place; only their A/B matrices stay trainable."""
     from peft import LoraConfig, inject_adapter_in_model
 
     if rank < 1:
         raise CtsftError(f"method.rank must be >= 1, got {rank}")
     config = LoraConfig(
-        r=rank, lora_alpha=alpha_over_rank * rank, lora_dropout=dropout, target_modules=list(modules), bias="none"
+        r=rank,
+        lora_alpha=alpha_over_rank * rank,
+        lora_dropout=dropout,
+        target_modules=list(modules),
+        bias="none",
     )
     for param in hf_model.parameters():
         param.requires_grad_(False)

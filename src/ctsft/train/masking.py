@@ -83,7 +83,9 @@ class MaskedModel:
             module = model.get_submodule(module_name)
             original = params[name]
             dims = {e.dim for e in entries}
-            if len(dims) != 1:  # pragma: no cover - adapters never mix rows and columns of one tensor
+            if (
+                len(dims) != 1
+            ):  # pragma: no cover - adapters never mix rows and columns of one tensor
                 raise ValueError(f"{name}: slices along several dims")
             dim = dims.pop()
             assert dim is not None
@@ -110,7 +112,10 @@ class MaskedModel:
     @torch.no_grad()
     def merge(self) -> None:
         """Write W0[span] + delta into the original tensors and drop the parametrizations."""
-        updates = [(ref.original, ref.dim, ref.start, ref.stop, ref.base() + ref.delta.detach()) for ref in self.deltas]
+        updates = [
+            (ref.original, ref.dim, ref.start, ref.stop, ref.base() + ref.delta.detach())
+            for ref in self.deltas
+        ]
         for module, attr in self._modules:
             parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
         for original, dim, start, stop, value in updates:

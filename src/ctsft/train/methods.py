@@ -117,7 +117,9 @@ def merge_entries(entries: list[TrainEntry]) -> list[TrainEntry]:
 def classifier_parameter_names(hf_model: nn.Module) -> list[str]:
     """Task-head parameters of an encoder (pooler + classifier); none for a causal LM."""
     return [
-        n for n, _ in hf_model.named_parameters() if n.startswith(("classifier.", "bert.pooler.", "roberta.pooler."))
+        n
+        for n, _ in hf_model.named_parameters()
+        if n.startswith(("classifier.", "bert.pooler.", "roberta.pooler."))
     ]
 
 
@@ -135,14 +137,18 @@ def load_circuit(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(file.read_text())
     except json.JSONDecodeError as err:
-        raise CtsftError(f"circuit file {file} is not valid JSON ({err.msg}): re-create it") from None
+        raise CtsftError(
+            f"circuit file {file} is not valid JSON ({err.msg}): re-create it"
+        ) from None
     for key in ("k", *HEAD_LISTS):
         if key not in data:
             raise CtsftError(f"circuit file {file} has no {key!r} entry: re-create it")
     return data
 
 
-def circuit_heads(circuit: dict[str, Any], which: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+def circuit_heads(
+    circuit: dict[str, Any], which: str, n_layers: int, n_heads: int
+) -> list[tuple[int, int]]:
     """The (layer, head) list `which` of a circuit, checked against the model geometry."""
     if which not in HEAD_LISTS:
         raise CtsftError(f"method.heads must be one of {', '.join(HEAD_LISTS)}, got {which!r}")
@@ -189,14 +195,21 @@ def build_plan(
     plan = TrainablePlan(method=method, total=total)
     frozen_tables = set(embedding_parameter_names(hf_model)) if freeze_embeddings else set()
     if method == "full_ft":
-        plan.entries = [TrainEntry(n) for n, _ in hf_model.named_parameters() if n not in frozen_tables]
+        plan.entries = [
+            TrainEntry(n) for n, _ in hf_model.named_parameters() if n not in frozen_tables
+        ]
     elif method in HEAD_METHODS:
         geo = adapter.geometry
         if circuit is None:
-            raise CtsftError(f"method {method} needs io.circuit (the circuit JSON of the CD-T step)")
+            raise CtsftError(
+                f"method {method} needs io.circuit (the circuit JSON of the CD-T step)"
+            )
         plan.heads = circuit_heads(circuit, str(method_cfg.heads), geo.n_layers, geo.n_heads)
         plan.entries = head_entries(
-            adapter, plan.heads, str(method_cfg.get("kv_policy", "shared")), bool(method_cfg.get("train_norms", True))
+            adapter,
+            plan.heads,
+            str(method_cfg.get("kv_policy", "shared")),
+            bool(method_cfg.get("train_norms", True)),
         )
     elif method == "lora":
         from ctsft.train.lora import choose_rank, lora_target_modules

@@ -43,7 +43,11 @@ def train_rows(cfg: DictConfig, lang: str, split: str = "train") -> list[dict[st
 
 def load_start_model(cfg: DictConfig, folder: str) -> TaskModel:
     return load_task_model(
-        folder, task_spec(cfg), kind=str(cfg.model.kind), max_length=int(cfg.train.max_length), seed=int(cfg.seed)
+        folder,
+        task_spec(cfg),
+        kind=str(cfg.model.kind),
+        max_length=int(cfg.train.max_length),
+        seed=int(cfg.seed),
     )
 
 
@@ -60,7 +64,11 @@ def run_training(
     model = load_start_model(cfg, init_dir)
     circuit = load_circuit(circuit_path) if circuit_path else None
     plan = build_plan(
-        model.hf, model.adapter, method_cfg, circuit, freeze_embeddings=bool(cfg.model.get("freeze_embeddings", False))
+        model.hf,
+        model.adapter,
+        method_cfg,
+        circuit,
+        freeze_embeddings=bool(cfg.model.get("freeze_embeddings", False)),
     )
     config = TrainConfig.from_cfg(cfg.train, method_cfg)
     rows = train_rows(cfg, lang)
