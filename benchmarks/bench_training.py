@@ -103,7 +103,9 @@ def run_one(
     times = []
     base = rss_bytes()
     with PeakRSS() as peak:
-        for step in range(steps + 1):  # step 0 is the warm-up (allocates gradients, optimizer state)
+        for step in range(
+            steps + 1
+        ):  # step 0 is the warm-up (allocates gradients, optimizer state)
             start = time.perf_counter()
             trainer.backward(encoded)
             trainer.apply_update()
@@ -132,8 +134,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--freeze-embeddings", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.one:
         print(
             json.dumps(
@@ -158,6 +167,8 @@ def main() -> None:
                "--batch", str(args.batch), "--length", str(args.length)]  # fmt: skip
         if args.freeze_embeddings:
             cmd.append("--freeze-embeddings")
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results[method] = json.loads(out.strip().splitlines()[-1])
     mib = 1 << 20
