@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: target test accuracy / macro-F1 / confusion, proxy accuracy, forgetting.
 
     python -m ctsft.steps.evaluate method=ctsft target=jav io.checkpoint=... io.metrics=... \
-        [+io.baseline_metrics=<metrics.json of the proxy checkpoint>]
+        [io.baseline_metrics=<metrics.json of the proxy checkpoint>]
 
 forgetting = proxy test accuracy of this checkpoint - `proxy_accuracy` of io.baseline_metrics.
 % parameters updated comes from the checkpoint's training record (0 for method=zero_shot, which
