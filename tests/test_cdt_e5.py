@@ -27,6 +27,7 @@ def e5(request: pytest.FixtureRequest):
     return model, batch
 
 
+@pytest.mark.slow
 def test_e5_beta_plus_gamma_is_the_forward(e5) -> None:
     model, batch = e5
     assert batch["attention_mask"][1].sum() < batch["attention_mask"].shape[1]  # padding present

@@ -1,6 +1,5 @@
 """Rule `figures`: the paper's figures from every evaluation's metrics.json (see ctsft.report.figures)."""
 
-
 import logging
 import sys
 

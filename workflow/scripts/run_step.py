@@ -8,7 +8,6 @@ The job is the same as typing, from the repository root,
 which the log file records on its first line, so any job can be rerun by hand.
 """
 
-
 import importlib
 import logging
 import re

@@ -1,6 +1,5 @@
 """Rule `tables`: Tables 1-3 from every evaluation's metrics.json (see ctsft.report.tables)."""
 
-
 import logging
 import sys
 from pathlib import Path
