@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 reproduce: $(STAMP)  ## the quick offline grid: tables, figures and report.html in results/quick
-	$(BIN)/snakemake --cores $(CORES) --configfile config/quick.yaml
+	$(BIN)/snakemake --workflow-profile workflow/profiles/default --cores $(CORES) --configfile config/quick.yaml
 	$(BIN)/snakemake --cores 1 --configfile config/quick.yaml --report results/quick/report.html
 
 paper: $(STAMP)  ## the full paper grid (a GPU machine or a cluster is advised)
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --workflow-profile workflow/profiles/default --cores $(CORES)
 
 test: $(STAMP)  ## unit tests, then a real end-to-end run of the DAG on a tiny config
 	$(BIN)/ruff check src tests workflow benchmarks

@@ -15,7 +15,8 @@ import torch
 
 from ctsft.adapters import ArchAdapter, apply_rotary, get_adapter
 from ctsft.adapters.base import NormSpec
-from ctsft.models import TINY_ARCHES, load_task_model, tiny_model
+from ctsft.models import load_task_model
+from ctsft.models.tiny import TINY_ARCHES, tiny_model
 
 
 def _norm(spec: NormSpec | None, x: torch.Tensor) -> torch.Tensor:

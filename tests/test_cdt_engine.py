@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ctsft.cdt import CDTEngine, CDTOptions
-from ctsft.models import TINY_ARCHES, tiny_model
+from ctsft.models.tiny import TINY_ARCHES, tiny_model
 
 LABEL_IDS = [5, 6, 7]
 

@@ -6,7 +6,7 @@ import torch
 
 from ctsft.cdt import CDTEngine, scores_table
 from ctsft.cdt.scores import cdt_ratio, gold_margin, score_heads
-from ctsft.models import tiny_model
+from ctsft.models.tiny import tiny_model
 
 DRIVER, OPPOSER = (1, 2), (1, 0)
 
