@@ -121,7 +121,7 @@ class ParamSlice:
 def norm_spec_of(module: nn.Module, kind: NormKind, weight_offset: float = 0.0) -> NormSpec:
     eps = getattr(module, "eps", None)
     if eps is None:
-        eps = getattr(module, "variance_epsilon")
+        eps = module.variance_epsilon
     return NormSpec(kind, module.weight, getattr(module, "bias", None), float(eps), weight_offset)
 
 
