@@ -5,7 +5,9 @@
 (a) batched CD-T directional scoring (cached clean forward, heads of a layer stacked), (b) the naive
 two-stream decomposition one head at a time from the embeddings, (c) a single-head mean-ablation
 scan with cached prefixes (same stacking and read-out pruning as (a)), (d) one plain forward pass
-over the 64 examples. The last line is machine-readable.
+over the 64 examples. (a), (b) and (c) run on the same length groups (`--group-size` rows of similar
+length, padding trimmed; `ctsft.cdt.scores.length_groups`); (d) on the padded batches. The last
+line is machine-readable.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from ctsft.cdt.baseline import batches, mean_baseline
 from ctsft.cdt.engine import CDTEngine
-from ctsft.cdt.scores import gold_margin, score_heads
+from ctsft.cdt.scores import gold_margin, length_groups, score_heads
 from ctsft.data import balanced_sample, load_split
 from ctsft.models import get_model_spec, load_task_model, prepare_model
 
@@ -30,6 +32,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--head-batch", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--group-size", type=int, default=4,
+        help="rows per length group (score_heads' group_size; 0: keep the padded batches); "
+        "the naive path is timed on the same groups",
+    )  # fmt: skip
     parser.add_argument(
         "--naive-heads", type=int, default=12,
         help="time the naive path on this many heads (one per layer first) and scale to all heads: "
@@ -58,12 +65,13 @@ def main() -> None:
     print(f"(d) plain forward          {forward_s:8.2f} s")
 
     t0 = time.perf_counter()
-    cdt, _ = score_heads(engine, data, mu, "directional", args.head_batch, progress=False)
+    group = args.group_size or None
+    cdt, _ = score_heads(engine, data, mu, "directional", args.head_batch, progress=False, group_size=group)
     cdt_s = time.perf_counter() - t0
     print(f"(a) batched CD-T           {cdt_s:8.2f} s")
 
     t0 = time.perf_counter()
-    ablation, _ = score_heads(engine, data, mu, "ablation", args.head_batch, progress=False)
+    ablation, _ = score_heads(engine, data, mu, "ablation", args.head_batch, progress=False, group_size=group)
     ablation_s = time.perf_counter() - t0
     print(f"(c) ablation scan (cached) {ablation_s:8.2f} s")
 
@@ -73,7 +81,7 @@ def main() -> None:
     worst = 0.0
     for layer, head in timed:
         total = 0.0
-        for batch in data:
+        for batch in (part for b in data for part in length_groups(b, group)):
             dec = engine.decompose_naive(batch, [[(layer, head)]], mu)
             total += float(gold_margin(dec.beta[0], batch["labels"]).sum())
         worst = max(worst, abs(total / len(examples) - float(cdt[layer, head])))

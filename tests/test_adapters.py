@@ -98,7 +98,9 @@ def _check_adapter(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.
         manual = _manual_head_outputs(adapter, layer, hidden_states[layer], mask)
         assert (manual - z[layer])[real].abs().max() < 1e-5
         o = adapter.layer(layer).attn.o
-        recombined = torch.einsum("bphd,ohd->bpo", z[layer], o.weight.view(-1, geo.n_heads, geo.d_head))
+        recombined = torch.einsum(
+            "bphd,ohd->bpo", z[layer], o.weight.view(-1, geo.n_heads, geo.d_head)
+        )
         recombined = recombined + (o.bias if o.bias is not None else 0)
         assert (recombined - attn_out[layer])[real].abs().max() < 1e-5
 
@@ -126,7 +128,9 @@ def test_gqa_geometry_and_norms() -> None:
     assert len(gemma.norm_parameters()) == 2 * 6 + 1  # 4 block norms + q/k norms, final
     assert gemma.layer(0).pre_attn.weight_offset == 1.0
     bert = get_adapter(tiny_model("bert"))
-    assert len(bert.norm_parameters()) == 2 * (1 + 2 * 2)  # embeddings LN + 2 per layer, weight+bias
+    assert len(bert.norm_parameters()) == 2 * (
+        1 + 2 * 2
+    )  # embeddings LN + 2 per layer, weight+bias
 
 
 @pytest.mark.slow

@@ -34,9 +34,17 @@ def test_e5_beta_plus_gamma_is_the_forward(e5) -> None:
     engine = CDTEngine.from_task_model(model)
     real = batch["attention_mask"].bool()
     with torch.no_grad():
-        out = model.hf(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True)
+        out = model.hf(
+            **{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True
+        )
     mu = torch.randn(12, 12, 32) * 0.1
-    sets = [[(0, 3)], [(6, 7)], [(11, 0)], [(6, 2, 1)], [(11, 5, 0)]]  # first/middle/last, whole/one position
+    sets = [
+        [(0, 3)],
+        [(6, 7)],
+        [(11, 0)],
+        [(6, 2, 1)],
+        [(11, 5, 0)],
+    ]  # first/middle/last, whole/one position
     naive = engine.decompose_naive(batch, sets, mu, record_layers=True)
     assert ((naive.beta + naive.gamma) - out.logits).abs().max() < 1e-4
     # Layer outputs: the 1e-8 of the bias shares drifts up to ~1e-3 in e5's intermediate layers

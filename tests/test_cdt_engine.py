@@ -25,7 +25,9 @@ def hf_reference(model, kind, batch):
             return list(out.hidden_states[1:]), out.logits
         out = model.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         last = mask.sum(1) - 1
-        logits = model.lm_head(out.last_hidden_state[torch.arange(ids.shape[0]), last])[:, LABEL_IDS]
+        logits = model.lm_head(out.last_hidden_state[torch.arange(ids.shape[0]), last])[
+            :, LABEL_IDS
+        ]
         # the decoders' last hidden state is taken after the final norm: compare logits there
         return list(out.hidden_states[1:-1]), logits
 
@@ -40,7 +42,9 @@ def make_batch(seed: int = 0, n_pos: int = 21) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2])}
 
 
-def setup(arch: str, dtype: torch.dtype, opts: CDTOptions) -> tuple[torch.nn.Module, CDTEngine, str]:
+def setup(
+    arch: str, dtype: torch.dtype, opts: CDTOptions
+) -> tuple[torch.nn.Module, CDTEngine, str]:
     model = tiny_model(arch).to(dtype)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # HF initialises biases to 0 and norm weights to 1: make them matter
@@ -59,7 +63,9 @@ SOURCE_SETS = [[(0, 1)], [(1, 3)], [(0, 2, 4)], [(1, 0, 2)], [(0, 1), (1, 2)], [
 @pytest.mark.parametrize(
     ("dtype", "eps", "tol"), [(torch.float32, 1e-8, 1e-4), (torch.float64, 0.0, 1e-9)]
 )
-def test_beta_plus_gamma_is_the_forward(arch: str, dtype: torch.dtype, eps: float, tol: float) -> None:
+def test_beta_plus_gamma_is_the_forward(
+    arch: str, dtype: torch.dtype, eps: float, tol: float
+) -> None:
     model, engine, kind = setup(arch, dtype, CDTOptions(bias_eps=eps))
     batch = make_batch()
     real = batch["attention_mask"].bool()
@@ -127,14 +133,23 @@ def test_batched_equals_one_at_a_time(arch: str) -> None:
     mu = torch.randn(2, 4, engine.geo.d_head)
     cache = engine.clean(batch)
     sets = [[(layer, head)] for layer in range(2) for head in range(4)]
-    together = torch.cat([engine.decompose(batch, sets[:4], mu, cache).beta, engine.decompose(batch, sets[4:], mu, cache).beta])
+    together = torch.cat(
+        [
+            engine.decompose(batch, sets[:4], mu, cache).beta,
+            engine.decompose(batch, sets[4:], mu, cache).beta,
+        ]
+    )
     alone = torch.cat([engine.decompose(batch, [s], mu, cache).beta for s in sets])
     assert (together - alone).abs().max() < 1e-6
 
 
 @pytest.mark.parametrize(
     "opts",
-    [CDTOptions(frozen_attention=True), CDTOptions(normalize_rel_irrel=False), CDTOptions(convention="simple")],
+    [
+        CDTOptions(frozen_attention=True),
+        CDTOptions(normalize_rel_irrel=False),
+        CDTOptions(convention="simple"),
+    ],
 )
 @pytest.mark.parametrize("arch", ["bert", "gemma3"])
 def test_options_keep_exactness(arch: str, opts: CDTOptions) -> None:
@@ -150,8 +165,13 @@ def test_options_keep_exactness(arch: str, opts: CDTOptions) -> None:
     # without the clean-up Gemma3's parts reach ~1e3 around logits ~0.3: float32 cancellation
     assert (fast.beta - naive.beta).abs().max() < 10 * tol
     # tiny BERT's attention is near-uniform; Gemma3 has no biases to share
-    if (arch, opts) not in ((("bert", CDTOptions(frozen_attention=True))), ("gemma3", CDTOptions(convention="simple"))):
-        default = engine.__class__(model, kind, LABEL_IDS).decompose(batch, SOURCE_SETS, mu, cache=cache)
+    if (arch, opts) not in (
+        (("bert", CDTOptions(frozen_attention=True))),
+        ("gemma3", CDTOptions(convention="simple")),
+    ):
+        default = engine.__class__(model, kind, LABEL_IDS).decompose(
+            batch, SOURCE_SETS, mu, cache=cache
+        )
         assert (default.beta - fast.beta).abs().max() > 1e-7  # the option changes something
 
 

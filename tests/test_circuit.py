@@ -73,19 +73,31 @@ def test_discovery_steps_end_to_end(model: str, tiny_model_dirs: dict, tmp_path:
     mean_baseline.run(cfg)
     mu, meta = load_mu(io["mu"])
     assert mu.shape == (2, 4, 8) and mu.abs().sum() > 0
-    assert len(meta["discovery"]["ids"]) == 9 and sorted(set(meta["discovery"]["labels"])) == [0, 1, 2]
+    assert len(meta["discovery"]["ids"]) == 9 and sorted(set(meta["discovery"]["labels"])) == [
+        0,
+        1,
+        2,
+    ]
     assert meta["data_checksum"] and meta["checkpoint"]["model_sha256"]
     score_heads.run(cfg)
     scores = pd.read_csv(io["scores"], sep="\t")
     assert list(scores.columns) == ["layer", "head", "score", "rank", "n_examples", "score_kind"]
-    assert len(scores) == 8 and set(scores["n_examples"]) == {9} and sorted(scores["rank"]) == list(range(1, 9))
+    assert (
+        len(scores) == 8
+        and set(scores["n_examples"]) == {9}
+        and sorted(scores["rank"]) == list(range(1, 9))
+    )
     assert io["heatmap"].read_bytes()[:4] == b"\x89PNG"
     select_circuit.run(cfg)
     circuit = json.loads(io["circuit"].read_text())
     assert set(circuit) == CIRCUIT_KEYS
-    assert circuit["k"] == 2 and circuit["model"] == model and circuit["score_kind"] == "directional"
+    assert (
+        circuit["k"] == 2 and circuit["model"] == model and circuit["score_kind"] == "directional"
+    )
     top = scores.sort_values("rank").head(2)
-    assert circuit["circuit"] == [[int(a), int(b)] for a, b in zip(top["layer"], top["head"], strict=True)]
+    assert circuit["circuit"] == [
+        [int(a), int(b)] for a, b in zip(top["layer"], top["head"], strict=True)
+    ]
     faithfulness.run(cfg)
     report = json.loads(io["faithfulness"].read_text())
     assert report["n_eval"] == 12 and len(report["random"]) == 2

@@ -36,7 +36,9 @@ def compose(overrides: list[str] | None = None, config_name: str = "ctsft") -> D
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
     except (HydraException, OmegaConfBaseException) as err:
         first = str(err).strip().splitlines()[0]
-        raise CtsftError(f"bad config override: {first} (see config/hydra for valid keys)") from None
+        raise CtsftError(
+            f"bad config override: {first} (see config/hydra for valid keys)"
+        ) from None
     finally:
         GlobalHydra.instance().clear()
     OmegaConf.set_struct(cfg, True)

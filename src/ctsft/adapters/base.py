@@ -149,7 +149,9 @@ class ArchAdapter(ABC):
         """Every LayerNorm/RMSNorm module by qualified name (trainable under CT-SFT)."""
 
     @abstractmethod
-    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The residual stream entering layer 0 `[batch, pos, d_model]`."""
 
     def rotary(self, hidden: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -163,7 +165,9 @@ class ArchAdapter(ABC):
                 return name
         raise KeyError("parameter does not belong to the adapted model")
 
-    def head_slices(self, layer: int, head: int, kv_policy: KVPolicy = "shared") -> list[ParamSlice]:
+    def head_slices(
+        self, layer: int, head: int, kv_policy: KVPolicy = "shared"
+    ) -> list[ParamSlice]:
         """The parameters of query head `head` in `layer`.
 
         q rows (and bias slice), o columns, and, under `kv_policy="shared"`, the k/v rows (and bias
@@ -206,7 +210,9 @@ class ArchAdapter(ABC):
         return z.reshape(*z.shape[:-1], geo.n_heads, geo.d_head)
 
     @contextlib.contextmanager
-    def capture_head_outputs(self, layers: list[int] | None = None) -> Iterator[dict[int, torch.Tensor]]:
+    def capture_head_outputs(
+        self, layers: list[int] | None = None
+    ) -> Iterator[dict[int, torch.Tensor]]:
         """Record each layer's per-head attention output `[batch, pos, head, d_head]` during forwards."""
         store: dict[int, torch.Tensor] = {}
         chosen = range(self.geometry.n_layers) if layers is None else layers

@@ -22,7 +22,9 @@ class BertAdapter(ArchAdapter):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        self.encoder_model = getattr(model, "bert", None) or getattr(model, "roberta", None) or model
+        self.encoder_model = (
+            getattr(model, "bert", None) or getattr(model, "roberta", None) or model
+        )
         self.config = self.encoder_model.config
 
     @property
@@ -30,7 +32,11 @@ class BertAdapter(ArchAdapter):
         cfg = self.config
         d_head = cfg.hidden_size // cfg.num_attention_heads
         return Geometry(
-            cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_attention_heads, d_head, cfg.hidden_size
+            cfg.num_hidden_layers,
+            cfg.num_attention_heads,
+            cfg.num_attention_heads,
+            d_head,
+            cfg.hidden_size,
         )
 
     def layer(self, index: int) -> LayerParts:
@@ -60,9 +66,13 @@ class BertAdapter(ArchAdapter):
 
     def norm_modules(self) -> dict[str, nn.Module]:
         return {
-            name: module for name, module in self.model.named_modules() if isinstance(module, nn.LayerNorm)
+            name: module
+            for name, module in self.model.named_modules()
+            if isinstance(module, nn.LayerNorm)
         }
 
-    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Word + position + token-type embeddings after the embedding LayerNorm (all gamma in CD-T)."""
         return self.encoder_model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)

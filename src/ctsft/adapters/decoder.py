@@ -32,7 +32,11 @@ class DecoderAdapter(ArchAdapter):
         cfg = self.config
         d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         return Geometry(
-            cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, d_head, cfg.hidden_size
+            cfg.num_hidden_layers,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            d_head,
+            cfg.hidden_size,
         )
 
     def _norm(self, module: nn.Module):
@@ -91,7 +95,9 @@ class DecoderAdapter(ArchAdapter):
             if type(module).__name__.endswith("RMSNorm")
         }
 
-    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Token embeddings (Gemma3's are scaled by sqrt(d_model) inside its embedding module)."""
         return self.base.embed_tokens(input_ids)
 

@@ -25,7 +25,9 @@ Pooling = Literal["all", "last", "first", "position"]
 POOLINGS = ("all", "last", "first", "position")
 
 
-def batches(task_model: Any, examples: list[dict[str, Any]], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+def batches(
+    task_model: Any, examples: list[dict[str, Any]], batch_size: int
+) -> Iterator[dict[str, torch.Tensor]]:
     """Encoded batches (with labels) of `examples`, in order."""
     for start in range(0, len(examples), batch_size):
         yield task_model.encode(examples[start : start + batch_size])
@@ -55,7 +57,11 @@ def discovery_indices(
     """
     labels = list(pool["label"])
     candidates = list(range(len(pool)))
-    info: dict[str, Any] = {"pool_size": len(pool), "correct_only": correct_only, "n_per_label": n_per_label}
+    info: dict[str, Any] = {
+        "pool_size": len(pool),
+        "correct_only": correct_only,
+        "n_per_label": n_per_label,
+    }
     if correct_only:
         preds = predict(task_model, [pool[i] for i in candidates], batch_size).tolist()
         candidates = [i for i in candidates if preds[i] == labels[i]]
@@ -69,7 +75,9 @@ def discovery_indices(
             "checkpoint longer or set cdt.correct_only=false"
         )
     if smallest < n_per_label:
-        log.warning("discovery set: only %d examples for some label, using %d per label", smallest, smallest)
+        log.warning(
+            "discovery set: only %d examples for some label, using %d per label", smallest, smallest
+        )
         info["n_per_label_used"] = smallest
         n_per_label = smallest
     else:
@@ -108,7 +116,9 @@ def mean_baseline(
         mask = batch["attention_mask"].to(torch.float64)  # [B, T]
         with adapter.capture_head_outputs() as store:
             task_model(**batch)
-        z = torch.stack([store[i] for i in range(geo.n_layers)]).to(torch.float64)  # [L, B, T, H, dh]
+        z = torch.stack([store[i] for i in range(geo.n_layers)]).to(
+            torch.float64
+        )  # [L, B, T, H, dh]
         if pooling == "first":
             pooled = z[:, :, 0]
         elif pooling == "last":

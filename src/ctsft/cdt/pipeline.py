@@ -33,7 +33,9 @@ def cdt_options(cfg: DictConfig) -> CDTOptions:
 def load_proxy_model(cfg: DictConfig, checkpoint: str) -> Any:
     """theta_1 as a TaskModel (eval mode, eager attention)."""
     max_length = int(cfg.train.max_length) if "train" in cfg and "max_length" in cfg.train else 128
-    model = load_task_model(checkpoint, task_spec(cfg), kind=cfg.model.get("kind"), max_length=max_length)
+    model = load_task_model(
+        checkpoint, task_spec(cfg), kind=cfg.model.get("kind"), max_length=max_length
+    )
     return model.eval()
 
 
@@ -54,7 +56,9 @@ def proxy_pool(cfg: DictConfig, split: str) -> Any:
     return load_split(task_spec(cfg), str(cfg.proxy), split, root=cfg.data.get("root"))
 
 
-def discovery_set(cfg: DictConfig, model: Any, meta: dict[str, Any] | None = None) -> tuple[list[dict], dict]:
+def discovery_set(
+    cfg: DictConfig, model: Any, meta: dict[str, Any] | None = None
+) -> tuple[list[dict], dict]:
     """The discovery examples: the ones recorded in mu's sidecar when given, else drawn afresh."""
     pool = proxy_pool(cfg, "train")
     if meta and "discovery" in meta:
@@ -62,12 +66,16 @@ def discovery_set(cfg: DictConfig, model: Any, meta: dict[str, Any] | None = Non
         idx = [int(i) for i in disc["indices"]]
         ids = [pool[i]["id"] for i in idx]
         if ids != disc["ids"]:
-            raise CtsftError("the proxy training data changed since the mean baseline was computed: rerun it")
+            raise CtsftError(
+                "the proxy training data changed since the mean baseline was computed: rerun it"
+            )
         return [pool[i] for i in idx], disc
     c = cfg.cdt
     idx, info = discovery_indices(
         model, pool, int(c.n_per_label), int(c.seed), bool(c.correct_only), int(c.batch_size)
     )
-    info.update(indices=idx, ids=[pool[i]["id"] for i in idx], labels=[int(pool[i]["label"]) for i in idx])
+    info.update(
+        indices=idx, ids=[pool[i]["id"] for i in idx], labels=[int(pool[i]["label"]) for i in idx]
+    )
     log.info("discovery set: %d examples (%s per label)", len(idx), info["n_per_label_used"])
     return [pool[i] for i in idx], info

@@ -52,7 +52,12 @@ def ablation_report(
         }
         for i, hs in enumerate(head_sets)
     ]
-    return {"n_examples": n, "clean_accuracy": clean_acc, "clean_margin": clean_margin / max(n, 1), "sets": results}
+    return {
+        "n_examples": n,
+        "clean_accuracy": clean_acc,
+        "clean_margin": clean_margin / max(n, 1),
+        "sets": results,
+    }
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> dict[str, float]:

@@ -29,9 +29,13 @@ def plot_heatmap(
     vmax = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
     vmax = vmax or 1.0
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * n_heads, 1.0 + 0.38 * n_layers))
-    image = ax.imshow(values, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -vmax, vmax), aspect="auto", origin="lower")
+    image = ax.imshow(
+        values, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -vmax, vmax), aspect="auto", origin="lower"
+    )
     for layer, head in highlight:
-        ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
+        ax.add_patch(
+            Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5)
+        )
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(range(n_heads))

@@ -43,7 +43,10 @@ def select_heads(scores: pd.DataFrame, k: int | float, seed: int) -> dict[str, A
     drawn = sorted(rng.choice(n_total, size=count, replace=False).tolist())
 
     def pairs(frame: pd.DataFrame) -> list[list[int]]:
-        return [[int(layer), int(head)] for layer, head in zip(frame["layer"], frame["head"], strict=True)]
+        return [
+            [int(layer), int(head)]
+            for layer, head in zip(frame["layer"], frame["head"], strict=True)
+        ]
 
     return {
         "k": count,
@@ -54,7 +57,9 @@ def select_heads(scores: pd.DataFrame, k: int | float, seed: int) -> dict[str, A
     }
 
 
-def random_head_sets(n_layers: int, n_heads: int, k: int, n_sets: int, seed: int) -> list[list[list[int]]]:
+def random_head_sets(
+    n_layers: int, n_heads: int, k: int, n_sets: int, seed: int
+) -> list[list[list[int]]]:
     """`n_sets` random head sets of size k (faithfulness controls), reproducible for a seed."""
     rng = np.random.default_rng(seed)
     out = []

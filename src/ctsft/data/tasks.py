@@ -54,7 +54,21 @@ NUSAX = TaskSpec(
 XNLI = TaskSpec(
     name="xnli",
     languages=(
-        "ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh",
+        "ar",
+        "bg",
+        "de",
+        "el",
+        "en",
+        "es",
+        "fr",
+        "hi",
+        "ru",
+        "sw",
+        "th",
+        "tr",
+        "ur",
+        "vi",
+        "zh",
     ),  # fmt: skip
     files=("dev", "test"),
     label_names=("entailment", "neutral", "contradiction"),

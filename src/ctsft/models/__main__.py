@@ -50,7 +50,9 @@ def info(cfg: DictConfig) -> dict:
         "folder": str(folder),
         **model.adapter.describe(),
         "parameters": parameter_counts(model),
-        "provenance": {k: record.get(k) for k in ("source", "weight_file", "weight_sha256", "converted_sha256")},
+        "provenance": {
+            k: record.get(k) for k in ("source", "weight_file", "weight_sha256", "converted_sha256")
+        },
     }
     print(json.dumps(summary, indent=2))
     return summary
@@ -58,7 +60,10 @@ def info(cfg: DictConfig) -> dict:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] != "info":
-        print("usage: python -m ctsft.models info model=<name> [io.model_dir=<folder>]", file=sys.stderr)
+        print(
+            "usage: python -m ctsft.models info model=<name> [io.model_dir=<folder>]",
+            file=sys.stderr,
+        )
         return 2
     return run_step(info, argv[1:])
 

@@ -77,4 +77,7 @@ def _download_hub(spec: ModelSpec, out: Path) -> dict[str, Any]:
         tmp.mkdir(parents=True)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-    return {"source": f"hub:{spec.hub_id}", "converted_sha256": sha256_file(out / "model.safetensors")}
+    return {
+        "source": f"hub:{spec.hub_id}",
+        "converted_sha256": sha256_file(out / "model.safetensors"),
+    }

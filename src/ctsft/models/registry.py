@@ -43,7 +43,9 @@ MODELS: dict[str, ModelSpec] = {
 def get_model_spec(name: str, **overrides: object) -> ModelSpec:
     """A registered spec, or a hub model given as `hub:<org>/<name>` (kind from overrides)."""
     if name.startswith("hub:"):
-        return ModelSpec(name, "hub", overrides.get("kind", "causal"), hub_id=name[4:], offline=False)  # type: ignore[arg-type]
+        return ModelSpec(
+            name, "hub", overrides.get("kind", "causal"), hub_id=name[4:], offline=False
+        )  # type: ignore[arg-type]
     try:
         spec = MODELS[name]
     except KeyError:

@@ -91,7 +91,9 @@ class TaskModel(nn.Module):
             max_length=self.max_length,
             return_tensors="pt",
         )
-        out = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        out = {
+            k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
         if all("label" in ex for ex in examples):
             out["labels"] = torch.tensor([int(ex["label"]) for ex in examples])
         return out
@@ -159,7 +161,9 @@ def load_task_model(
     """
     folder = Path(model_dir)
     if not (folder / "config.json").is_file():
-        raise CtsftError(f"{folder} is not a model folder (no config.json): run the prepare step first")
+        raise CtsftError(
+            f"{folder} is not a model folder (no config.json): run the prepare step first"
+        )
     spec = get_task(task) if isinstance(task, str) else task
     meta_path = folder / TASK_MODEL_FILE
     if meta_path.is_file():
@@ -182,6 +186,8 @@ def load_task_model(
                 folder, attn_implementation=attn_implementation, dtype=torch.float32
             )
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-        raise CtsftError(f"cannot load model from {folder} ({type(err).__name__}): re-create it") from err
+        raise CtsftError(
+            f"cannot load model from {folder} ({type(err).__name__}): re-create it"
+        ) from err
     tokenizer = load_tokenizer(folder)
     return TaskModel(hf, tokenizer, spec, kind, max_length=max_length)

@@ -26,7 +26,9 @@ def tiny_config(arch: str, num_labels: int = 3) -> PretrainedConfig:
             **common, intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         )  # fmt: skip
-    decoder = dict(**common, intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=False)
+    decoder = dict(
+        **common, intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=False
+    )
     if arch == "llama":
         return LlamaConfig(**decoder, num_key_value_heads=4)
     if arch == "qwen2":

@@ -21,7 +21,9 @@ def corpus_words(per_language: int = 200) -> list[str]:
     """Lower-cased words of the first rows of every task's proxy languages, plus prompt words."""
     counts: collections.Counter[str] = collections.Counter()
     for spec in TASKS.values():
-        for lang in ("ind", "eng", "jav", "sun", "en") if spec.name == "nusax" else ("en", "de", "sw"):
+        for lang in (
+            ("ind", "eng", "jav", "sun", "en") if spec.name == "nusax" else ("en", "de", "sw")
+        ):
             if lang not in spec.languages:
                 continue
             rows = load_split(spec, lang, "train")
@@ -33,7 +35,9 @@ def corpus_words(per_language: int = 200) -> list[str]:
 
 def build_tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     forced = {w.strip().lower() for spec in TASKS.values() for w in spec.label_words}
-    forced |= {w for spec in TASKS.values() for w in re.findall(r"\w+|[^\w\s]", spec.prompt.lower())}
+    forced |= {
+        w for spec in TASKS.values() for w in re.findall(r"\w+|[^\w\s]", spec.prompt.lower())
+    }
     vocab_words = SPECIALS + sorted(forced)
     for word in corpus_words():
         if len(vocab_words) >= vocab_size:

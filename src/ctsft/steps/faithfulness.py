@@ -40,7 +40,9 @@ def run(cfg: DictConfig) -> dict:
     bs = int(cfg.cdt.batch_size)
     eval_size = cfg.cdt.eval_size if cfg.cdt.eval_size is not None else cfg.task.get("eval_size")
     test = subsample(proxy_pool(cfg, "test"), None if eval_size is None else int(eval_size), seed)
-    randoms = random_head_sets(geo.n_layers, geo.n_heads, int(circuit["k"]), int(cfg.cdt.random_sets), seed + 1)
+    randoms = random_head_sets(
+        geo.n_layers, geo.n_heads, int(circuit["k"]), int(cfg.cdt.random_sets), seed + 1
+    )
     sets = [circuit["circuit"], circuit["near_zero"], *randoms]
     report = ablation_report(engine, list(batches(model, list(test), bs)), mu, sets)
     circuit_res, near_res, random_res = report["sets"][0], report["sets"][1], report["sets"][2:]
@@ -49,7 +51,11 @@ def run(cfg: DictConfig) -> dict:
     examples, _ = discovery_set(cfg, model, meta)
     data = list(batches(model, examples, bs))
     effects, n_disc = score_heads(engine, data, mu, "ablation", int(cfg.cdt.head_batch))
-    correlations = {"tsv_" + str(table["score_kind"].iloc[0]): spearman(scores_matrix(table).numpy(), effects.numpy())}
+    correlations = {
+        "tsv_" + str(table["score_kind"].iloc[0]): spearman(
+            scores_matrix(table).numpy(), effects.numpy()
+        )
+    }
     if table["score_kind"].iloc[0] != "directional":
         directional, _ = score_heads(engine, data, mu, "directional", int(cfg.cdt.head_batch))
         correlations["directional"] = spearman(directional.numpy(), effects.numpy())
@@ -70,7 +76,11 @@ def run(cfg: DictConfig) -> dict:
             rand and circuit_res["margin_drop"] > rand["margin_drop_median"]
         ),
         "spearman_vs_single_head_ablation": correlations,
-        "single_head_ablation": {"n_examples": n_disc, "split": "train (discovery set)", "margin_drop": effects.tolist()},
+        "single_head_ablation": {
+            "n_examples": n_disc,
+            "split": "train (discovery set)",
+            "margin_drop": effects.tolist(),
+        },
         "provenance": provenance(
             step="faithfulness",
             circuit_sha256=sha256_file(circuit_path),
@@ -82,7 +92,10 @@ def run(cfg: DictConfig) -> dict:
     write_json(out_path, result)
     log.info(
         "faithfulness: circuit margin drop %.4f, near_zero %.4f, random median %s -> %s",
-        circuit_res["margin_drop"], near_res["margin_drop"], rand.get("margin_drop_median"), out_path,
+        circuit_res["margin_drop"],
+        near_res["margin_drop"],
+        rand.get("margin_drop_median"),
+        out_path,
     )
     return result
 

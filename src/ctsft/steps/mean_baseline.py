@@ -1,6 +1,6 @@
 """Label-balanced mean baseline mu of every head on the proxy checkpoint.
 
-    python -m ctsft.steps.mean_baseline io.proxy_checkpoint=<theta_1> io.mu=<mu.safetensors>
+python -m ctsft.steps.mean_baseline io.proxy_checkpoint=<theta_1> io.mu=<mu.safetensors>
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Materialise the configured model as a cached Hugging Face folder.
 
-    python -m ctsft.steps.prepare_model model=e5_small io.model_dir=results/models/e5_small
+python -m ctsft.steps.prepare_model model=e5_small io.model_dir=results/models/e5_small
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict:
     (model_dir,) = require(cfg, "model_dir")
     record = prepare_model(get_model_spec(cfg.model.name), model_dir)
-    log.info("model %s ready in %s (sha256 %s)", cfg.model.name, model_dir, record.get("converted_sha256"))
+    log.info(
+        "model %s ready in %s (sha256 %s)",
+        cfg.model.name,
+        model_dir,
+        record.get("converted_sha256"),
+    )
     return record
 
 

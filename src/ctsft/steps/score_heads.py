@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict:
-    checkpoint, mu_path, scores_path, heatmap_path = require(cfg, "proxy_checkpoint", "mu", "scores", "heatmap")
+    checkpoint, mu_path, scores_path, heatmap_path = require(
+        cfg, "proxy_checkpoint", "mu", "scores", "heatmap"
+    )
     model = load_proxy_model(cfg, checkpoint)
     mu, meta = load_mu(mu_path)
     examples, _ = discovery_set(cfg, model, meta)

@@ -1,6 +1,6 @@
 """Select the circuit (top-k), NearZero and random heads from a score table: the JSON training reads.
 
-    python -m ctsft.steps.select_circuit io.scores=<scores.tsv> io.circuit=<circuit.json> cdt.k=0.05
+python -m ctsft.steps.select_circuit io.scores=<scores.tsv> io.circuit=<circuit.json> cdt.k=0.05
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def run(cfg: DictConfig) -> dict:
         "near_zero": picked["near_zero"],
         "random": picked["random"],
         "scores_sha256": sha256_file(scores_path),
-        "provenance": provenance(step="select_circuit", k_config=cfg.cdt.k, seed=int(cfg.cdt.seed), config=to_dict(cfg)),
+        "provenance": provenance(
+            step="select_circuit", k_config=cfg.cdt.k, seed=int(cfg.cdt.seed), config=to_dict(cfg)
+        ),
     }
     write_json(circuit_path, circuit)
     log.info("circuit of %d/%d heads -> %s", picked["k"], picked["n_heads_total"], circuit_path)
