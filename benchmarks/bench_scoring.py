@@ -46,7 +46,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model_dir = Path(args.model_dir)
     prepare_model(get_model_spec("e5_small"), model_dir)  # no-op when cached
-    model = load_task_model(model_dir, "nusax", seed=0).eval()  # fresh classifier head: fine for timing
+    model = load_task_model(
+        model_dir, "nusax", seed=0
+    ).eval()  # fresh classifier head: fine for timing
     pool = load_split("nusax", "ind", "train")
     per_label = -(-args.examples // 3)
     examples = list(balanced_sample(pool, per_label, seed=0))[: args.examples]
@@ -55,7 +57,9 @@ def main() -> None:
     engine = CDTEngine.from_task_model(model)
     geo = engine.geo
     lengths = [int(b["attention_mask"].shape[1]) for b in data]
-    print(f"e5_small: {geo.n_layers}x{geo.n_heads} heads, {len(examples)} examples, padded lengths {lengths}")
+    print(
+        f"e5_small: {geo.n_layers}x{geo.n_heads} heads, {len(examples)} examples, padded lengths {lengths}"
+    )
 
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -66,12 +70,16 @@ def main() -> None:
 
     t0 = time.perf_counter()
     group = args.group_size or None
-    cdt, _ = score_heads(engine, data, mu, "directional", args.head_batch, progress=False, group_size=group)
+    cdt, _ = score_heads(
+        engine, data, mu, "directional", args.head_batch, progress=False, group_size=group
+    )
     cdt_s = time.perf_counter() - t0
     print(f"(a) batched CD-T           {cdt_s:8.2f} s")
 
     t0 = time.perf_counter()
-    ablation, _ = score_heads(engine, data, mu, "ablation", args.head_batch, progress=False, group_size=group)
+    ablation, _ = score_heads(
+        engine, data, mu, "ablation", args.head_batch, progress=False, group_size=group
+    )
     ablation_s = time.perf_counter() - t0
     print(f"(c) ablation scan (cached) {ablation_s:8.2f} s")
 
@@ -87,8 +95,12 @@ def main() -> None:
         worst = max(worst, abs(total / len(examples) - float(cdt[layer, head])))
     measured = time.perf_counter() - t0
     naive_s = measured * len(heads) / len(timed)
-    print(f"(b) naive one at a time    {naive_s:8.2f} s  ({measured:.2f} s for {len(timed)} heads, scaled to {len(heads)})")
-    print(f"max |batched - naive| directional score on those heads: {worst:.3g} (score scale {cdt.abs().max().item():.3g})")
+    print(
+        f"(b) naive one at a time    {naive_s:8.2f} s  ({measured:.2f} s for {len(timed)} heads, scaled to {len(heads)})"
+    )
+    print(
+        f"max |batched - naive| directional score on those heads: {worst:.3g} (score scale {cdt.abs().max().item():.3g})"
+    )
     print(
         f"RESULT cdt_s={cdt_s:.3f} naive_s={naive_s:.3f} ablation_s={ablation_s:.3f} "
         f"forward_s={forward_s:.3f} cdt_vs_ablation={cdt_s / ablation_s:.3f} naive_vs_cdt={naive_s / cdt_s:.3f}"

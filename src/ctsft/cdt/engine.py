@@ -31,7 +31,9 @@ from ctsft.cdt.rules import CDTOptions, layernorm_parts, normalize_rel_irrel, sp
 
 Mode = Literal["clean", "naive", "fast"]
 Pair = tuple[torch.Tensor | None, torch.Tensor]  # (beta or None in clean mode, gamma / total)
-Source = tuple[int, int] | tuple[int, int, int | None]  # (layer, head[, position]); None: all positions
+Source = (
+    tuple[int, int] | tuple[int, int, int | None]
+)  # (layer, head[, position]); None: all positions
 
 
 @dataclass
@@ -103,7 +105,9 @@ class CDTEngine:
 
     @classmethod
     def from_task_model(cls, task_model: nn.Module, options: CDTOptions | None = None) -> CDTEngine:
-        return cls(task_model.hf, task_model.kind, task_model.label_ids, options, task_model.adapter)
+        return cls(
+            task_model.hf, task_model.kind, task_model.label_ids, options, task_model.adapter
+        )
 
     # -- public API ------------------------------------------------------------------------
     @torch.inference_mode()
@@ -179,7 +183,9 @@ class _Run:
         self.masks: dict[int, torch.Tensor] = {}
         self.patch: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (mask, mu)
         self.start_zero = False  # beta entering the current layer is known to be zero
-        self.o_slices: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (heads [S], Wo [S,dh,D])
+        self.o_slices: dict[
+            int, tuple[torch.Tensor, torch.Tensor]
+        ] = {}  # layer -> (heads [S], Wo [S,dh,D])
         self.ablation: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- cached totals ---------------------------------------------------------------------
@@ -242,14 +248,14 @@ class _Run:
         # f(beta + gamma) on the fly, not the cached f(total): then beta = 0 gives beta' = 0 exactly
         # (the cache differs from beta + gamma by the bias_eps drift)
         g = fn(gamma)
-        return fn(beta + gamma) - g, g
+        return fn(beta + gamma).sub_(g), g
 
     def product(self, key: str, gate: Pair, up: Pair) -> Pair:
         """Gated MLP: gamma' = gamma_gate * gamma_up; every term touching beta is relevant."""
         if gate[0] is None:
             return None, gate[1] * up[1]
         g = gate[1] * up[1]
-        return (gate[0] + gate[1]) * (up[0] + up[1]) - g, g
+        return torch.add(gate[0], gate[1]).mul_(up[0] + up[1]).sub_(g), g
 
     def clean_up(self, pair: Pair) -> Pair:
         if pair[0] is None or not self.opts.normalize_rel_irrel:
@@ -332,9 +338,10 @@ class _Run:
             pair = self.take(pair)
             allowed = _take(allowed.unsqueeze(0), self.sel, dim=3)[0]
             if rot:
-                cos, sin = _take(cos.expand(self.sel.shape[0], -1, -1).unsqueeze(0), self.sel)[0], _take(
-                    sin.expand(self.sel.shape[0], -1, -1).unsqueeze(0), self.sel
-                )[0]
+                cos, sin = (
+                    _take(cos.expand(self.sel.shape[0], -1, -1).unsqueeze(0), self.sel)[0],
+                    _take(sin.expand(self.sel.shape[0], -1, -1).unsqueeze(0), self.sel)[0],
+                )
         q = self._heads(self.lin(f"{layer}.q", pair, at.q.weight, at.q.bias), geo.n_heads)
         if at.q_norm is not None:
             q = self.norm(f"{layer}.qn", q, at.q_norm)
@@ -388,20 +395,23 @@ class _Run:
                 mu = _take(mu.unsqueeze(0), self.sel)[0] if mu.dim() == 4 else mu
             zb, zg = z
             total = self.tot(f"{layer}.z") if self.mode == "fast" else zb + zg
+            if self.start_zero and layer in self.o_slices:
+                return self._o_single_head(layer, o, total - mu, mask)
             m = mask.unsqueeze(-1)
             z = (torch.where(m, total - mu, zb), torch.where(m, mu.expand_as(total), zg))
-            if self.start_zero and layer in self.o_slices:
-                return self._o_single_head(layer, o, z)
         flat = tuple(None if x is None else x.flatten(-2) for x in z)
         return self.lin(f"{layer}.o", flat, o.weight, o.bias)  # type: ignore[arg-type]
 
-    def _o_single_head(self, layer: int, o: nn.Linear, z: Pair) -> Pair:
+    def _o_single_head(
+        self, layer: int, o: nn.Linear, diff: torch.Tensor, mask: torch.Tensor
+    ) -> Pair:
         """Output projection when each source set is one head and nothing else is relevant yet:
-        beta W_o needs only that head's d_head columns."""
+        beta W_o needs only that head's d_head columns, and beta there is (z - mu) * mask
+        (z_beta = 0 elsewhere), so only the source head's slice of z - mu is taken."""
         heads, w = self.o_slices[layer]  # heads [S], w [S, dh, D]
-        zb = z[0]
-        idx = heads.view(-1, 1, 1, 1, 1).expand(-1, *zb.shape[1:3], 1, zb.shape[-1])
-        zh = torch.gather(zb, 3, idx).squeeze(3)  # [S, B, T, dh]
+        zh = diff[0][:, :, heads].permute(2, 0, 1, 3)  # diff [1, B, T, H, dh] -> [S, B, T, dh]
+        keep = torch.gather(mask, 3, heads.view(-1, 1, 1, 1).expand(-1, *mask.shape[1:3], 1))
+        zh = zh * keep.to(zh.dtype)  # = where(mask, z - mu, 0) without the slow `where`
         s, b, t, dh = zh.shape
         bw = torch.bmm(zh.reshape(s, b * t, dh), w).view(s, b, t, -1)
         gw = self.tot(f"{layer}.o") - bw
@@ -507,21 +517,29 @@ class _Run:
         logits = self.readout(pair)[1][0]
         return CleanCache(self.t, self.attention_mask, self.sel, logits, hidden)
 
-    def _prepare_sources(self, source_sets: Sequence[Sequence[Source]], mu: torch.Tensor, n_pos: int) -> int:
+    def _prepare_sources(
+        self, source_sets: Sequence[Sequence[Source]], mu: torch.Tensor, n_pos: int
+    ) -> int:
         """Per-layer patch masks `[S, B, T, H]` and mu; returns the earliest source layer."""
         geo = self.e.geo
         am = self.attention_mask.bool()
         n_sets = len(source_sets)
         if mu.dim() == 4 and mu.shape[1] < n_pos:
-            raise ValueError(f"per-position mu covers {mu.shape[1]} positions, the batch has {n_pos}")
+            raise ValueError(
+                f"per-position mu covers {mu.shape[1]} positions, the batch has {n_pos}"
+            )
         masks: dict[int, torch.Tensor] = {}
         for s, sources in enumerate(source_sets):
             for src in sources:
                 layer, head = int(src[0]), int(src[1])
                 pos = src[2] if len(src) > 2 else None
                 if not (0 <= layer < geo.n_layers and 0 <= head < geo.n_heads):
-                    raise ValueError(f"source {src} outside {geo.n_layers} layers x {geo.n_heads} heads")
-                m = masks.setdefault(layer, torch.zeros(n_sets, *am.shape, geo.n_heads, dtype=torch.bool))
+                    raise ValueError(
+                        f"source {src} outside {geo.n_layers} layers x {geo.n_heads} heads"
+                    )
+                m = masks.setdefault(
+                    layer, torch.zeros(n_sets, *am.shape, geo.n_heads, dtype=torch.bool)
+                )
                 if pos is None:
                     m[s, :, :, head] = True
                 else:
@@ -568,7 +586,12 @@ class _Run:
         assert beta is not None
         return Decomposition(beta, gamma_out, self.cache.logits, layers)
 
-    def naive(self, batch: dict[str, torch.Tensor], source_sets: Sequence[Sequence[Source]], mu: torch.Tensor) -> Decomposition:
+    def naive(
+        self,
+        batch: dict[str, torch.Tensor],
+        source_sets: Sequence[Sequence[Source]],
+        mu: torch.Tensor,
+    ) -> Decomposition:
         emb = self._setup_batch(batch)
         n_pos = emb.shape[2]
         self._prepare_sources(source_sets, mu, n_pos)
@@ -601,7 +624,10 @@ class _Run:
                     mu_l = mu[layer].to(self.cache.logits.dtype)
                     if mu_l.dim() == 3:
                         mu_l = mu_l[:n_pos].unsqueeze(0)
-                    self.ablation[layer] = (torch.zeros(n_sets, geo.n_heads, dtype=torch.bool), mu_l)
+                    self.ablation[layer] = (
+                        torch.zeros(n_sets, geo.n_heads, dtype=torch.bool),
+                        mu_l,
+                    )
                 self.ablation[layer][0][s, head] = True
         start = min(self.ablation)
         self._single_head_slices(start, self.ablation[start][0])

@@ -39,6 +39,35 @@ def cdt_ratio(beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     return beta.abs().sum(-1) / gamma.abs().sum(-1).clamp_min(torch.finfo(gamma.dtype).tiny)
 
 
+def length_groups(
+    batch: dict[str, torch.Tensor], size: int | None
+) -> list[dict[str, torch.Tensor]]:
+    """Split a padded batch into groups of at most `size` rows of similar length, each trimmed to
+    its longest row (right padding only; left-padded batches are split but not trimmed).
+
+    Why: real tokens are often only 30-50% of a padded batch, and every CD-T node is an
+    `[S, B, T, ...]` tensor, so padding costs as much as real work; smaller groups also keep the
+    elementwise temporaries small enough to stay in cache / be reused by the allocator. Scores are
+    per example, so grouping changes nothing but float rounding.
+    """
+    mask = batch["attention_mask"]
+    n_rows, n_pos = mask.shape
+    if not size or size >= n_rows and bool(mask.all()):
+        return [batch]
+    lengths = mask.sum(1)
+    right_padded = bool((mask.bool() == (torch.arange(n_pos) < lengths[:, None])).all())
+    out = []
+    for rows in torch.argsort(lengths, stable=True).split(size):
+        keep = int(lengths[rows].max()) if right_padded else n_pos
+        out.append(
+            {
+                k: v[rows][:, :keep] if v.dim() >= 2 and v.shape[:2] == (n_rows, n_pos) else v[rows]
+                for k, v in batch.items()
+            }
+        )
+    return out
+
+
 def score_heads(
     engine: CDTEngine,
     batches: Iterable[dict[str, torch.Tensor]],
@@ -46,11 +75,13 @@ def score_heads(
     kind: ScoreKind = "directional",
     head_batch: int = 12,
     progress: bool = True,
+    group_size: int | None = 4,
 ) -> tuple[torch.Tensor, int]:
     """Scores `[layer, head]` averaged over all examples of `batches`, and the example count.
 
-    One clean forward per batch is cached; heads of one layer are decomposed together in groups
-    of `head_batch` (stacked along the batch dim), starting from that layer.
+    Each batch is first split into `length_groups` of `group_size` rows (None: as given). One clean
+    forward per group is cached; heads of one layer are decomposed together in groups of
+    `head_batch` (stacked along the batch dim), starting from that layer.
     """
     if kind not in SCORE_KINDS:
         raise CtsftError(f"cdt.score must be one of {', '.join(SCORE_KINDS)}, got {kind!r}")
@@ -62,8 +93,10 @@ def score_heads(
         for layer in range(geo.n_layers)
         for h0 in range(0, geo.n_heads, head_batch)
     ]
-    batches = list(batches)
-    bar = tqdm(total=len(batches) * len(groups), desc=f"{kind} scores", disable=not progress, leave=False)
+    batches = [part for batch in batches for part in length_groups(batch, group_size)]
+    bar = tqdm(
+        total=len(batches) * len(groups), desc=f"{kind} scores", disable=not progress, leave=False
+    )
     for batch in batches:
         labels = batch["labels"]
         cache = engine.clean(batch)
@@ -97,7 +130,9 @@ def scores_table(scores: torch.Tensor, n_examples: int, kind: str) -> pd.DataFra
             "score": scores.flatten().tolist(),
         }
     )
-    order = df.sort_values(["score", "layer", "head"], ascending=[False, True, True], kind="stable").index
+    order = df.sort_values(
+        ["score", "layer", "head"], ascending=[False, True, True], kind="stable"
+    ).index
     df.loc[order, "rank"] = range(1, len(df) + 1)
     df["rank"] = df["rank"].astype(int)
     df["n_examples"] = n_examples
