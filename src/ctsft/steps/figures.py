@@ -5,33 +5,19 @@ python -m ctsft.steps.figures --out results/quick/figures results/quick
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
-from ctsft.errors import CtsftError
 from ctsft.report.figures import FIGURES, build_figures
-from ctsft.steps.tables import metrics_paths
+from ctsft.steps.tables import run_aggregation
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ctsft.steps.figures", description=__doc__.splitlines()[0]
+    def build(paths: list[Path], out: Path) -> dict:
+        return build_figures(paths, {name: out / f"{name}.png" for name in FIGURES})
+
+    return run_aggregation(
+        argv, "python -m ctsft.steps.figures", "folder for the PNG figures", build
     )
-    parser.add_argument("--out", required=True, help="folder for the PNG figures")
-    parser.add_argument("metrics", nargs="+", help="metrics.json files or folders holding them")
-    args = parser.parse_args(argv)
-    try:
-        paths = metrics_paths(args.metrics)
-        if not paths:
-            raise CtsftError("no metrics.json found: pass evaluation outputs or a results folder")
-        outputs = {name: Path(args.out) / f"{name}.png" for name in FIGURES}
-        for name, path in build_figures(paths, outputs).items():
-            print(f"{name}: {path}")
-    except CtsftError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

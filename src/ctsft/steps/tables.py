@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ctsft.errors import CtsftError
@@ -26,23 +27,31 @@ def metrics_paths(args: list[str]) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ctsft.steps.tables", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--out", required=True, help="folder for table*.{csv,md,tex}")
+def run_aggregation(
+    argv: list[str] | None, prog: str, out_help: str, build: Callable[[list[Path], Path], dict]
+) -> int:
+    """Shared CLI of the aggregation steps: `--out DIR` plus metrics files or folders."""
+    parser = argparse.ArgumentParser(prog=prog, description=sys.modules["__main__"].__doc__)
+    parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("metrics", nargs="+", help="metrics.json files or folders holding them")
     args = parser.parse_args(argv)
     try:
         paths = metrics_paths(args.metrics)
         if not paths:
             raise CtsftError("no metrics.json found: pass evaluation outputs or a results folder")
-        for name, files in build_tables(paths, args.out).items():
+        for name, written in build(paths, Path(args.out)).items():
+            files = written if isinstance(written, list | tuple) else [written]
             print(f"{name}: {', '.join(str(f) for f in files)}")
     except CtsftError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_aggregation(
+        argv, "python -m ctsft.steps.tables", "folder for table*.{csv,md,tex}", build_tables
+    )
 
 
 if __name__ == "__main__":
