@@ -36,3 +36,14 @@ def e5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("e5") / "e5_small"
     prepare_model(get_model_spec("e5_small"), out)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tiny-model training tests (2 threads on a busy 2-core box cost ~15 ms per op)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
