@@ -109,14 +109,20 @@ def test_paper_grid_plans_every_job():
     assert counts["tables"] == counts["figures"] == counts["all"] == 1
 
 
-def test_quick_config_replaces_the_paper_grid(tmp_path):
-    counts = plan(
+def plan_quick(tmp_path, *targets: str) -> dict:
+    """Job counts of a dry run of config/quick.yaml into `tmp_path` (optionally for `targets`)."""
+    return plan(
+        *targets,
         "--configfile",
         "config/quick.yaml",
         "--config",
         f"results_dir={tmp_path}/r",
         f"models_dir={tmp_path}/m",
     )
+
+
+def test_quick_config_replaces_the_paper_grid(tmp_path):
+    counts = plan_quick(tmp_path)
     assert counts == {
         "prepare_model": 1,
         "finetune": 1,
@@ -135,14 +141,7 @@ def test_quick_config_replaces_the_paper_grid(tmp_path):
 
 def test_one_pair_runs_only_its_chain(tmp_path):
     target = f"{tmp_path}/r/nusax/e5_small/ind-jav/ctsft/k0.05/seed0/metrics.json"
-    counts = plan(
-        target,
-        "--configfile",
-        "config/quick.yaml",
-        "--config",
-        f"results_dir={tmp_path}/r",
-        f"models_dir={tmp_path}/m",
-    )
+    counts = plan_quick(tmp_path, target)
     assert counts == {
         "prepare_model": 1,
         "finetune": 1,
