@@ -13,6 +13,8 @@ line is machine-readable.
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import torch
 
 from ctsft.cdt.baseline import batches, mean_baseline
 from ctsft.cdt.engine import CDTEngine
+from ctsft.cdt.rules import CDTOptions
 from ctsft.cdt.scores import gold_margin, length_groups, score_heads
 from ctsft.data import balanced_sample, load_split
 from ctsft.models import get_model_spec, load_task_model, prepare_model
@@ -42,8 +45,15 @@ def main() -> None:
         help="time the naive path on this many heads (one per layer first) and scale to all heads: "
         "its cost per head does not depend on the layer (it always starts at the embeddings)",
     )  # fmt: skip
+    parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=True,
+        help="fuse the CD-T node rules with torch.compile (the workflow default); (a) and (b) "
+        "include the compilation, from an empty inductor cache",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.compile:  # cold start: no kernels compiled by an earlier run
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="ctsft-inductor-")
     model_dir = Path(args.model_dir)
     prepare_model(get_model_spec("e5_small"), model_dir)  # no-op when cached
     model = load_task_model(
@@ -54,11 +64,12 @@ def main() -> None:
     examples = list(balanced_sample(pool, per_label, seed=0))[: args.examples]
     mu = mean_baseline(model, examples, "all", args.batch_size)
     data = list(batches(model, examples, args.batch_size))
-    engine = CDTEngine.from_task_model(model)
+    engine = CDTEngine.from_task_model(model, CDTOptions(compile=args.compile))
     geo = engine.geo
     lengths = [int(b["attention_mask"].shape[1]) for b in data]
     print(
-        f"e5_small: {geo.n_layers}x{geo.n_heads} heads, {len(examples)} examples, padded lengths {lengths}"
+        f"e5_small: {geo.n_layers}x{geo.n_heads} heads, {len(examples)} examples, padded lengths "
+        f"{lengths}, {args.threads} threads, compile={args.compile}"
     )
 
     t0 = time.perf_counter()

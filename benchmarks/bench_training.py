@@ -12,6 +12,11 @@ decay, AdamW). Measured:
   warm-up and timed steps minus the RSS just before the warm-up, i.e. the memory *training* adds
   on top of the loaded model (activations, gradients, optimizer state); absolute peak RSS too;
 - optimizer-state bytes: the tensors held by AdamW (exp_avg, exp_avg_sq, step) after the steps.
+- the input-gradient floor (`--floor`, on by default): forward + backward of the same batch with
+  every parameter frozen and only the embedding output requiring a gradient. Any method that trains
+  a parameter of layer 0 (CT-SFT trains every LayerNorm, as in the paper) needs at least this:
+  the forward plus the input gradients through all 12 layers. floor / full_ft bounds step_ratio
+  from below for an exact implementation.
 Last line: `RESULT step_ratio=<ctsft/full_ft step time> mem_ratio=<peak memory ratio> optstate_ratio=<ratio>`.
 """
 
@@ -26,6 +31,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 CIRCUIT_7 = [
     [0, 3],
@@ -67,16 +73,62 @@ class PeakRSS:
         self.peak = max(self.peak, rss_bytes())
 
 
+def encoded_batch(model: Any, batch: int, length: int) -> dict:
+    """The first `batch` NusaX-ind training texts padded to `length` tokens, with labels."""
+    import torch
+
+    from ctsft.data import load_split
+
+    texts = [r["text"] for r in load_split("nusax", "ind", "train").to_list()[:batch]]
+    encoded = dict(
+        model.tokenizer(
+            texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt"
+        )
+    )
+    encoded = {
+        k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    encoded["labels"] = torch.tensor([i % 3 for i in range(batch)])
+    return encoded
+
+
+def run_floor(model_dir: str, steps: int, batch: int, length: int) -> dict:
+    """Forward + input-gradient backward with every parameter frozen (see the module docstring)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ctsft.models import load_task_model
+
+    torch.manual_seed(0)
+    model = load_task_model(model_dir, "nusax", kind="encoder", max_length=length)
+    for param in model.hf.parameters():
+        param.requires_grad_(False)
+    model.hf.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: out.detach().requires_grad_()
+    )
+    encoded = encoded_batch(model, batch, length)
+    labels = encoded.pop("labels")
+    model.train()
+    times = []
+    for step in range(steps + 1):
+        start = time.perf_counter()
+        F.cross_entropy(model.hf(**encoded).logits, labels).backward()
+        if step:
+            times.append(time.perf_counter() - start)
+    return {"method": "floor", "step_s": min(times), "step_median_s": statistics.median(times)}
+
+
 def run_one(
     method: str, model_dir: str, steps: int, batch: int, length: int, freeze_embeddings: bool
 ) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from ctsft.data import load_split
     from ctsft.models import load_task_model
     from ctsft.train import TrainConfig, Trainer, build_plan, optimizer_state_bytes
 
+    if method == "floor":
+        return run_floor(model_dir, steps, batch, length)
     torch.manual_seed(0)
     model = load_task_model(model_dir, "nusax", kind="encoder", max_length=length)
     circuit = {"k": 7, "circuit": CIRCUIT_7, "near_zero": CIRCUIT_7, "random": CIRCUIT_7}
@@ -89,16 +141,7 @@ def run_one(
     trainer = Trainer(
         model, plan, TrainConfig(lr=5e-5, weight_decay=0.01, batch_size=batch), seed=0
     )
-    texts = [r["text"] for r in load_split("nusax", "ind", "train").to_list()[:batch]]
-    encoded = dict(
-        model.tokenizer(
-            texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt"
-        )
-    )
-    encoded = {
-        k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")
-    }
-    encoded["labels"] = torch.tensor([i % 3 for i in range(batch)])
+    encoded = encoded_batch(model, batch, length)
     model.train()
     times = []
     base = rss_bytes()
@@ -137,6 +180,10 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
     )
+    parser.add_argument(
+        "--floor", action=argparse.BooleanOptionalAction, default=True,
+        help="also time the input-gradient floor (forward + backward, no parameter gradients)",
+    )  # fmt: skip
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -162,7 +209,7 @@ def main() -> None:
 
         prepare_model(get_model_spec("e5_small"), args.model_dir)
     results = {}
-    for method in ("full_ft", "ctsft"):
+    for method in ("full_ft", "ctsft", "floor") if args.floor else ("full_ft", "ctsft"):
         cmd = [sys.executable, __file__, "--one", method, "--model-dir", args.model_dir, "--steps", str(args.steps),
                "--batch", str(args.batch), "--length", str(args.length)]  # fmt: skip
         if args.freeze_embeddings:
@@ -178,11 +225,20 @@ def main() -> None:
         f"{'method':8} {'trainable':>12} {'%':>7} {'step s':>7} {'median':>7} {'peak RSS MiB':>12} {'train +MiB':>10} {'opt state MiB':>13}"
     )
     for name, r in results.items():
+        if name == "floor":
+            continue
         print(
             f"{name:8} {r['trainable']:>12,} {100 * r['trainable'] / r['total']:>7.3f} {r['step_s']:>7.2f} {r['step_median_s']:>7.2f} "
             f"{r['peak_rss'] / mib:>12.0f} {r['peak_delta'] / mib:>10.0f} {r['optstate_bytes'] / mib:>13.2f}"
         )
     full, ct = results["full_ft"], results["ctsft"]
+    if "floor" in results:
+        floor = results["floor"]
+        print(
+            f"input-gradient floor (forward + backward, nothing trainable): {floor['step_s']:.2f} s "
+            f"(median {floor['step_median_s']:.2f}) = {floor['step_s'] / full['step_s']:.3f} x full_ft; "
+            f"ctsft is {ct['step_s'] / floor['step_s']:.3f} x the floor"
+        )
     print(
         f"RESULT step_ratio={ct['step_s'] / full['step_s']:.3f} "
         f"mem_ratio={ct['peak_delta'] / max(full['peak_delta'], 1):.3f} "

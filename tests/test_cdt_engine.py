@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctsft.cdt import CDTEngine, CDTOptions
+from ctsft.cdt import CDTEngine, CDTOptions, rules
+from ctsft.cdt.rules import NodeRules, add_node, node_rules
 from ctsft.models.tiny import TINY_ARCHES, tiny_model
 
 LABEL_IDS = [5, 6, 7]
@@ -195,3 +196,46 @@ def test_cached_ablation_equals_hooked_forward(arch: str) -> None:
         with engine.adapter.edit_head_outputs(edit):
             _, logits = hf_reference(model, kind, batch)
         assert (fast[s] - logits).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["bert", "gemma3"])
+def test_compiled_rules_equal_eager_rules(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile'd node rules (GELU post-LN BERT; gated GELU-tanh sandwich-RMSNorm Gemma3):
+    same decomposition as the eager rules, still exact, still zero beta for a source equal to mu."""
+    # fuse the tiny model's nodes too, except the pruned read-out ones (as on a real model)
+    monkeypatch.setattr(rules, "FUSE_MIN_NUMEL", 4096)
+    model, eager, kind = setup(arch, torch.float32, CDTOptions())
+    fused = CDTEngine(model, kind, LABEL_IDS, CDTOptions(compile=True))
+    batch = make_batch(6)
+    mu = torch.randn(2, 4, eager.geo.d_head)
+    cache = eager.clean(batch)
+    want = eager.decompose(batch, SOURCE_SETS, mu, cache=cache)
+    got = fused.decompose(batch, SOURCE_SETS, mu, cache=cache)
+    assert fused.options.compile and node_rules(True).compiled  # really compiled, no fallback
+    assert (got.beta - want.beta).abs().max() < 1e-5
+    assert ((got.beta + got.gamma) - cache.logits).abs().max() < 1e-4
+    z = cache.tensors["0.z"][0]
+    own = torch.zeros(2, z.shape[1], 4, eager.geo.d_head)
+    own[0] = z[0]  # row 0's source activation is mu itself
+    zero = fused.decompose(batch, [[(0, 1)], [(0, 2, 3)]], own, cache=cache)
+    assert torch.count_nonzero(zero.beta[:, 0]) == 0
+
+
+def test_rules_fall_back_to_eager_when_compilation_fails(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(rules, "FUSE_MIN_NUMEL", 0)
+    node = NodeRules(compiled=True)
+    x, y = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    want = add_node(x, y, y, x, True)
+    with caplog.at_level("WARNING"):
+        got = node.add(x, y, y, x, True)
+    assert not node.compiled and "no C++ compiler" in caplog.text
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))

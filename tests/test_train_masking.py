@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from ctsft.data import load_split
 from ctsft.models import load_task_model
-from ctsft.train import TrainConfig, Trainer, build_plan
+from ctsft.train import MaskedModel, TrainConfig, Trainer, build_plan
 from ctsft.train.methods import TrainablePlan
 
 ARCHES = ("tiny_bert", "tiny_llama", "tiny_qwen2", "tiny_gemma3")
@@ -120,6 +120,57 @@ def test_head_methods_keep_frozen_entries_bit_identical(
         if arch == "tiny_bert" and e.name.endswith("attention.self.key.bias"):
             continue  # a key bias adds the same score to every key: softmax makes its gradient 0
         assert not torch.equal(new, old), f"trainable {e} did not change"
+
+
+@pytest.mark.parametrize("arch", ["tiny_bert", "tiny_llama"])
+def test_span_deltas_equal_directly_edited_weights(
+    tiny_model_dirs: dict[str, Path], rows: list[dict], arch: str
+) -> None:
+    model = load_task_model(tiny_model_dirs[arch], "nusax", max_length=16)
+    edited = load_task_model(tiny_model_dirs[arch], "nusax", max_length=16)
+    model.eval()
+    edited.eval()
+    plan = build_plan(model.hf, model.adapter, _method("ctsft", train_norms=False), CIRCUIT)
+    masked = MaskedModel(model.hf, plan)
+    assert {r.name for r in masked.deltas} == {e.name for e in plan.entries}
+    assert any(r.dim == 1 for r in masked.deltas) and any(r.dim == 0 for r in masked.deltas)
+    gen = torch.Generator().manual_seed(0)
+    params = dict(edited.hf.named_parameters())
+    with torch.no_grad():
+        for ref in masked.deltas:
+            ref.delta.copy_(torch.randn(ref.delta.shape, generator=gen) * 0.5)
+            span = params[ref.name].narrow(ref.dim, ref.start, ref.stop - ref.start)
+            span.copy_(ref.base() + ref.delta)
+        batch = model.encode(rows[:4])
+        got, want = model(**batch), edited(**batch)
+    assert (got - want).abs().max() < 1e-5
+    masked.merge()
+    assert not any("span_deltas" in n for n, _ in model.hf.named_parameters())
+    with torch.no_grad():
+        assert (model(**batch) - want).abs().max() < 1e-5
+
+
+def test_span_deltas_are_decayed_once(tiny_model_dirs: dict[str, Path]) -> None:
+    """Deltas sit in AdamW's zero-decay group (`decay_deltas` decays the effective weights);
+    whole trainable matrices are decayed by AdamW."""
+    model = load_task_model(tiny_model_dirs["tiny_bert"], "nusax", max_length=16)
+    plan = build_plan(model.hf, model.adapter, _method("full_ft"), CIRCUIT)
+    trainer = Trainer(model, plan, CONFIG, seed=0)
+    assert trainer.optimizer is not None
+    decayed = {
+        id(p) for g in trainer.optimizer.param_groups if g["weight_decay"] for p in g["params"]
+    }
+    assert decayed and all(p.dim() >= 2 for p in model.hf.parameters() if id(p) in decayed)
+    model = load_task_model(tiny_model_dirs["tiny_bert"], "nusax", max_length=16)
+    plan = build_plan(model.hf, model.adapter, _method("ctsft"), CIRCUIT)
+    trainer = Trainer(model, plan, CONFIG, seed=0)
+    assert trainer.masked is not None and trainer.optimizer is not None
+    deltas = {id(ref.delta) for ref in trainer.masked.deltas}
+    groups = {
+        g["weight_decay"]: {id(p) for p in g["params"]} for g in trainer.optimizer.param_groups
+    }
+    assert deltas and deltas <= groups[0.0]
+    assert not deltas & groups.get(CONFIG.weight_decay, set())
 
 
 def test_frozen_kv_policy_trains_only_q_and_o(tiny_model_dirs: dict[str, Path]) -> None:

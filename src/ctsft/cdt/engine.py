@@ -27,7 +27,13 @@ from torch import nn
 
 from ctsft.adapters import ArchAdapter, LayerParts, NormSpec, get_adapter
 from ctsft.adapters.decoder import rotate_half
-from ctsft.cdt.rules import CDTOptions, layernorm_parts, normalize_rel_irrel, split_bias
+from ctsft.cdt.rules import (
+    CDTOptions,
+    activation_name,
+    activation_pair,
+    clean_up,
+    node_rules,
+)
 
 Mode = Literal["clean", "naive", "fast"]
 Pair = tuple[torch.Tensor | None, torch.Tensor]  # (beta or None in clean mode, gamma / total)
@@ -171,6 +177,8 @@ class _Run:
     ) -> None:
         self.e = engine
         self.opts = engine.options
+        self.rules = node_rules(engine.options.compile)
+        self.simple = engine.options.convention == "simple"
         self.mode = mode
         self.cache = cache
         self.t: dict[str, torch.Tensor] = cache.tensors if cache is not None else {}
@@ -204,17 +212,46 @@ class _Run:
         return (None if beta is None else _take(beta, self.sel), _take(gamma, self.sel))
 
     # -- node rules ------------------------------------------------------------------------
-    def lin(self, key: str, pair: Pair, weight: torch.Tensor, bias: torch.Tensor | None) -> Pair:
+    def lin(
+        self,
+        key: str,
+        pair: Pair,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        clean: bool = False,
+        act: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> Pair:
+        """Linear map, then (optionally) the clean-up and an activation, as one node."""
         beta, gamma = pair
         if beta is None:
             tw = F.linear(gamma, weight)
             self.put(key, tw)
-            return None, tw if bias is None else tw + bias
+            out = tw if bias is None else tw + bias
+            return (None, out) if act is None else (None, act(out))
         bw = F.linear(beta, weight)
-        gw = self.tot(key) - bw if self.mode == "fast" else F.linear(gamma, weight)
-        return split_bias(bw, gw, bias, self.opts)
+        fast = self.mode == "fast"
+        other = self.tot(key) if fast else F.linear(gamma, weight)
+        return self._bias_split(bw, other, bias, fast, clean, act)
 
-    def norm(self, key: str, pair: Pair, spec: NormSpec) -> Pair:
+    def _bias_split(
+        self,
+        bw: torch.Tensor,
+        other: torch.Tensor,
+        bias: torch.Tensor | None,
+        from_total: bool,
+        clean: bool = False,
+        act: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> Pair:
+        clean = clean and self.opts.normalize_rel_irrel
+        name = None if act is None else activation_name(act)
+        out = self.rules.linear(
+            bw, other, bias, from_total, self.simple, self.opts.bias_eps, clean, name
+        )
+        if act is not None and name is None:  # an activation the fused rules do not know
+            return activation_pair(*out, act)
+        return out
+
+    def norm(self, key: str, pair: Pair, spec: NormSpec, clean: bool = False) -> Pair:
         beta, gamma = pair
         if beta is None:
             x = gamma
@@ -236,35 +273,34 @@ class _Run:
             else:
                 inv = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + spec.eps)
         if spec.kind == "layernorm":
-            return layernorm_parts(beta, gamma, inv, spec.scale, spec.bias, self.opts)
+            clean = clean and self.opts.normalize_rel_irrel
+            return self.rules.layernorm(
+                beta, gamma, inv, spec.scale, spec.bias, self.simple, self.opts.bias_eps, clean
+            )
         scale = inv * spec.scale
-        return beta * scale, gamma * scale
+        out = (beta * scale, gamma * scale)
+        return clean_up(*out) if clean and self.opts.normalize_rel_irrel else out
 
-    def act(self, key: str, pair: Pair, fn: Callable[[torch.Tensor], torch.Tensor]) -> Pair:
-        """Activation, gamma first: gamma' = f(gamma), beta' = f(total) - f(gamma)."""
-        beta, gamma = pair
-        if beta is None:
-            return None, fn(gamma)
-        # f(beta + gamma) on the fly, not the cached f(total): then beta = 0 gives beta' = 0 exactly
-        # (the cache differs from beta + gamma by the bias_eps drift)
-        g = fn(gamma)
-        return fn(beta + gamma).sub_(g), g
-
-    def product(self, key: str, gate: Pair, up: Pair) -> Pair:
-        """Gated MLP: gamma' = gamma_gate * gamma_up; every term touching beta is relevant."""
+    def gated(self, gate: Pair, up: Pair, fn: Callable[[torch.Tensor], torch.Tensor]) -> Pair:
+        """Gated MLP act(gate) * up: gamma' = act(gate)_gamma * up_gamma, every term touching beta
+        is relevant."""
         if gate[0] is None:
-            return None, gate[1] * up[1]
-        g = gate[1] * up[1]
-        return torch.add(gate[0], gate[1]).mul_(up[0] + up[1]).sub_(g), g
+            return None, fn(gate[1]) * up[1]
+        name = activation_name(fn)
+        if name is None:
+            ab, ag = activation_pair(gate[0], gate[1], fn)
+            return (ab + ag) * (up[0] + up[1]) - ag * up[1], ag * up[1]
+        return self.rules.gated(gate[0], gate[1], up[0], up[1], name)
 
-    def clean_up(self, pair: Pair) -> Pair:
-        if pair[0] is None or not self.opts.normalize_rel_irrel:
-            return pair
-        return normalize_rel_irrel(pair[0], pair[1])
-
-    @staticmethod
-    def add(a: Pair, b: Pair) -> Pair:
-        return (None if a[0] is None else a[0] + b[0], a[1] + b[1])
+    def add(self, a: Pair, b: Pair, clean: bool = False, a_zero: bool = False) -> Pair:
+        """Residual add (then the optional clean-up). `a_zero`: beta of `a` is known to be zero
+        (the stream entering the source layer), so beta is b's, bit for bit."""
+        if a[0] is None:
+            return None, a[1] + b[1]
+        assert b[0] is not None
+        if a_zero and not clean:
+            return b[0], a[1] + b[1]
+        return self.rules.add(a[0], a[1], b[0], b[1], clean and self.opts.normalize_rel_irrel)
 
     # -- attention -------------------------------------------------------------------------
     def _mask(self, layer: int, parts: LayerParts) -> torch.Tensor:
@@ -414,8 +450,7 @@ class _Run:
         zh = zh * keep.to(zh.dtype)  # = where(mask, z - mu, 0) without the slow `where`
         s, b, t, dh = zh.shape
         bw = torch.bmm(zh.reshape(s, b * t, dh), w).view(s, b, t, -1)
-        gw = self.tot(f"{layer}.o") - bw
-        return split_bias(bw, gw, o.bias, self.opts)
+        return self._bias_split(bw, self.tot(f"{layer}.o"), o.bias, from_total=True)
 
     def _ablate_o(self, layer: int, o: nn.Linear, z: torch.Tensor) -> Pair:
         """Mean ablation at the output projection. In the first ablated layer nothing upstream
@@ -446,42 +481,42 @@ class _Run:
         style = parts.norm_style
         self.put(f"{layer}.in", pair[1])
         was_pruned = self.pruned
+        first = self.start_zero and self.mode == "fast"  # beta entering this layer is zero
         if style == "post":
             a = self.attention(layer, parts, pair, last)
             if self.pruned and not was_pruned:
                 pair = self.take(pair)
-            h = self.norm(f"{layer}.ln1", self.add(pair, a), parts.post_attn)
+            h = self.norm(f"{layer}.ln1", self.add(pair, a, a_zero=first), parts.post_attn)
             m_in = h
         else:
             # at the first layer of a fast pass the attention input is unused (z comes from the cache)
-            from_cache = self.start_zero and self.mode == "fast"
-            x = pair if from_cache else self.norm(f"{layer}.ln1", pair, parts.pre_attn)
+            x = pair if first else self.norm(f"{layer}.ln1", pair, parts.pre_attn)
             a = self.attention(layer, parts, x, last)
             if style == "sandwich":
                 a = self.norm(f"{layer}.ln_pa", a, parts.post_attn)
             if self.pruned and not was_pruned:
                 pair = self.take(pair)
-            h = self.add(pair, a)
+            h = self.add(pair, a, a_zero=first)
             m_in = self.norm(f"{layer}.ln2", h, parts.pre_mlp)
         self.start_zero = False
         d = self.mlp(layer, parts, m_in)
         if style == "sandwich":
             d = self.norm(f"{layer}.ln_pm", d, parts.post_mlp)
-        y = self.clean_up(self.add(h, d))
+        y = self.add(h, d, clean=True)
         if style == "post":
-            y = self.clean_up(self.norm(f"{layer}.ln2", y, parts.post_mlp))
+            y = self.norm(f"{layer}.ln2", y, parts.post_mlp, clean=True)
         return y
 
     def mlp(self, layer: int, parts: LayerParts, pair: Pair) -> Pair:
         mp = parts.mlp
-        up = self.clean_up(self.lin(f"{layer}.up", pair, mp.up.weight, mp.up.bias))
         if mp.kind == "gated":
             assert mp.gate is not None
-            gate = self.clean_up(self.lin(f"{layer}.gate", pair, mp.gate.weight, mp.gate.bias))
-            hidden = self.product(f"{layer}.prod", self.act(f"{layer}.act", gate, mp.act), up)
+            up = self.lin(f"{layer}.up", pair, mp.up.weight, mp.up.bias, clean=True)
+            gate = self.lin(f"{layer}.gate", pair, mp.gate.weight, mp.gate.bias, clean=True)
+            hidden = self.gated(gate, up, mp.act)
         else:
-            hidden = self.act(f"{layer}.act", up, mp.act)
-        return self.clean_up(self.lin(f"{layer}.down", hidden, mp.down.weight, mp.down.bias))
+            hidden = self.lin(f"{layer}.up", pair, mp.up.weight, mp.up.bias, clean=True, act=mp.act)
+        return self.lin(f"{layer}.down", hidden, mp.down.weight, mp.down.bias, clean=True)
 
     def readout(self, pair: Pair) -> Pair:
         e = self.e
@@ -489,8 +524,7 @@ class _Run:
             pair = self.take(pair)
         self.pruned = False  # read-out keys ("ro.*") are stored at the read-out position already
         if e.kind == "encoder":
-            pooled = self.lin("ro.pool", pair, e.pooler.weight, e.pooler.bias)
-            pooled = self.act("ro.tanh", pooled, e.pooler_act)
+            pooled = self.lin("ro.pool", pair, e.pooler.weight, e.pooler.bias, act=e.pooler_act)
             out = self.lin("ro.cls", pooled, e.classifier.weight, e.classifier.bias)
         else:
             normed = self.norm("ro.norm", pair, e.final_norm)
@@ -575,7 +609,8 @@ class _Run:
         n_pos = self.attention_mask.shape[1]
         start = self._prepare_sources(source_sets, mu, n_pos)
         gamma = self.t[f"{start}.in"]
-        pair: Pair = (torch.zeros_like(gamma).expand(len(source_sets), *gamma.shape[1:]), gamma)
+        # a real zero tensor, not an expanded view: the fused rules would compile a stride-0 variant
+        pair: Pair = (gamma.new_zeros(len(source_sets), *gamma.shape[1:]), gamma)
         layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.e.geo.n_layers
         self.start_zero = True
         for layer in range(start, self.e.geo.n_layers):

@@ -27,6 +27,7 @@ def cdt_options(cfg: DictConfig) -> CDTOptions:
         frozen_attention=bool(c.frozen_attention),
         normalize_rel_irrel=bool(c.normalize_rel_irrel),
         bias_eps=float(c.bias_eps),
+        compile=bool(c.compile),
     )
 
 

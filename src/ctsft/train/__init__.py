@@ -7,7 +7,7 @@ from ctsft.train.loop import (
     optimizer_state_bytes,
     train_to_checkpoint,
 )
-from ctsft.train.masking import MaskedModel, SliceDelta
+from ctsft.train.masking import MaskedModel, SpanDeltas
 from ctsft.train.methods import (
     HEAD_METHODS,
     METHODS,
@@ -23,7 +23,7 @@ __all__ = [
     "METHODS",
     "MaskedModel",
     "RunLog",
-    "SliceDelta",
+    "SpanDeltas",
     "TrainConfig",
     "TrainEntry",
     "TrainablePlan",

@@ -117,11 +117,12 @@ def _fingerprint(obj: Any) -> str:
 
 
 def _param_groups(
-    named: list[tuple[str, nn.Parameter]], weight_decay: float
+    named: list[tuple[str, nn.Parameter]], weight_decay: float, deltas: set[int]
 ) -> list[dict[str, Any]]:
-    """Decay matrices (as HF Trainer), not biases/norms; slice deltas decay via `decay_deltas`."""
-    decay = [p for n, p in named if p.dim() >= 2 and ".parametrizations." not in n]
-    rest = [p for n, p in named if not (p.dim() >= 2 and ".parametrizations." not in n)]
+    """Decay matrices (as HF Trainer), not biases/norms; span deltas (`deltas`, by id) decay via
+    `MaskedModel.decay_deltas` instead."""
+    decay = [p for _, p in named if p.dim() >= 2 and id(p) not in deltas]
+    rest = [p for _, p in named if not (p.dim() >= 2 and id(p) not in deltas)]
     groups = []
     if decay:
         groups.append({"params": decay, "weight_decay": weight_decay})
@@ -170,7 +171,9 @@ class Trainer:
                 f"method {plan.method} left no trainable parameter: check the method config"
             )
         self.optimizer = (
-            torch.optim.AdamW(_param_groups(self.named, config.weight_decay), lr=config.lr)
+            torch.optim.AdamW(
+                _param_groups(self.named, config.weight_decay, self._delta_ids()), lr=config.lr
+            )
             if self.named
             else None
         )
@@ -178,6 +181,9 @@ class Trainer:
         self.last_loss = float("nan")
 
     # -- helpers ------------------------------------------------------------------------------
+    def _delta_ids(self) -> set[int]:
+        return set() if self.masked is None else {id(ref.delta) for ref in self.masked.deltas}
+
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.named}
 

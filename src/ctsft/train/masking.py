@@ -1,50 +1,107 @@
-"""Head-level masking without optimizer state for frozen weights.
+"""Head-level masking without optimizer state or weight gradients for frozen weights.
 
-A parameter that is trainable as a whole keeps `requires_grad=True`. A partially trainable matrix
-(a head's q/k/v rows, o columns, bias slices) is frozen and gets a parametrization that adds a small
-delta tensor to each selected span: W(delta) = cat(W0[:a], W0[a:b] + delta, W0[b:]). Only the
-deltas are optimised, so AdamW keeps state for exactly the selected entries, gradient masking is
-exact by construction, and weight decay can never reach frozen entries. `merge` writes
-W0[a:b] + delta into the original tensor (index-copy semantics): frozen entries are never
-recomputed, so they stay bit-identical (no -0.0 + 0.0 surprises).
+A parameter that is trainable as a whole keeps `requires_grad=True`. A partially trainable
+`nn.Linear` (a head's q/k/v rows, o columns, bias slices) stays frozen and gets a forward hook that
+adds a small trainable delta over the selected spans only, as a separate small matmul:
+rows [a, b) (weight dim 0, and bias): `out[..., a:b] += x @ dW.T + db`;
+columns [a, b) (dim 1): `out += x[..., a:b] @ dW.T`.
+That is mathematically `x @ (W0 + delta).T`, but autograd never computes the full weight gradient
+`x^T dy` of the frozen matrix nor materialises `W0 + delta` (an earlier parametrization,
+`cat(W0[:a], W0[a:b] + delta, W0[b:])`, paid both every step). Only the deltas are optimised, so
+AdamW keeps state for exactly the selected entries, gradient masking is exact by construction, and
+weight decay can never reach frozen entries. `merge` writes W0[a:b] + delta into the original
+tensor (index-copy semantics): frozen entries are never recomputed, so they stay bit-identical
+(no -0.0 + 0.0 surprises).
 
-AdamW's decoupled decay should shrink the *effective* selected weights, not the deltas (which
-would decay towards W0): `decay_deltas` applies delta -= lr * wd * (W0[a:b] + delta) before each
-optimizer step, the same update AdamW makes to a weight, and the deltas sit in a zero-decay group.
+The deltas of a Linear live in a `SpanDeltas` child registered as `<linear>.span_deltas`, so they
+appear in `named_parameters()` (resume state, clipping, counts); the training loop keeps them out
+of its weight-decay group. AdamW's decoupled decay should shrink the *effective* selected
+weights, not the deltas (which would decay towards W0): `decay_deltas` applies
+delta -= lr * wd * (W0[a:b] + delta) before each optimizer step, the same update AdamW makes to a
+weight.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
+from torch.nn import functional as F
 
 from ctsft.train.methods import TrainablePlan, TrainEntry
 
+HOLDER = "span_deltas"  # the attribute of a masked nn.Linear holding its `SpanDeltas`
 
-class SliceDelta(nn.Module):
-    """Parametrization adding trainable deltas to spans [start, stop) of `dim` of a frozen tensor."""
 
-    def __init__(self, original: torch.Tensor, dim: int, spans: list[tuple[int, int]]) -> None:
+def _zero_deltas(
+    original: torch.Tensor, dim: int, spans: list[tuple[int, int]]
+) -> nn.ParameterList:
+    return nn.ParameterList(
+        nn.Parameter(torch.zeros_like(original.detach().narrow(dim, a, b - a))) for a, b in spans
+    )
+
+
+class SpanDeltas(nn.Module):
+    """Trainable deltas on spans of a frozen `nn.Linear`, added to its output by a forward hook.
+
+    `weight_dim` 0: deltas `[b - a, in]` on output rows; 1: deltas `[out, b - a]` on input columns.
+    Bias deltas `[b - a]` are on output rows.
+    """
+
+    def __init__(
+        self,
+        linear: nn.Linear,
+        weight_dim: int | None,
+        weight_spans: list[tuple[int, int]],
+        bias_spans: list[tuple[int, int]],
+    ) -> None:
         super().__init__()
-        self.dim = dim
-        self.spans = sorted(spans)
-        self.deltas = nn.ParameterList(
-            nn.Parameter(torch.zeros_like(original.narrow(dim, a, b - a))) for a, b in self.spans
+        self.weight_dim = weight_dim
+        self.weight_spans = sorted(weight_spans)
+        self.bias_spans = sorted(bias_spans)
+        self.weight = _zero_deltas(linear.weight, weight_dim or 0, self.weight_spans)
+        self.bias = (
+            _zero_deltas(linear.bias, 0, self.bias_spans)
+            if linear.bias is not None
+            else nn.ParameterList()
+        )
+        # bias deltas on exactly the weight rows ride along in the same matmul (the common case)
+        self._fused_bias = (
+            weight_dim == 0 and bool(self.bias_spans) and self.bias_spans == self.weight_spans
         )
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        pieces, pos = [], 0
-        for (a, b), delta in zip(self.spans, self.deltas, strict=True):
-            if a > pos:
-                pieces.append(weight.narrow(self.dim, pos, a - pos))
-            pieces.append(weight.narrow(self.dim, a, b - a) + delta)
-            pos = b
-        if pos < weight.shape[self.dim]:
-            pieces.append(weight.narrow(self.dim, pos, weight.shape[self.dim] - pos))
-        return torch.cat(pieces, dim=self.dim)
+    def hook(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        return self.add_to(args[0], output)
+
+    def add_to(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`out` (= x @ W0.T + b0) plus the contribution of the deltas."""
+        if self.weight_spans and self.weight_dim == 1:
+            if len(self.weight_spans) == 1:
+                (a, b), delta = self.weight_spans[0], self.weight[0]
+                cols = x[..., a:b]
+            else:
+                cols = torch.cat([x[..., a:b] for a, b in self.weight_spans], dim=-1)
+                delta = torch.cat(list(self.weight), dim=1)
+            flat = torch.addmm(
+                out.reshape(-1, out.shape[-1]), cols.reshape(-1, cols.shape[-1]), delta.t()
+            )
+            out = flat.view(out.shape)
+        elif self.weight_spans:
+            rows = torch.cat(list(self.weight)) if len(self.weight) > 1 else self.weight[0]
+            bias = None
+            if self._fused_bias:
+                bias = torch.cat(list(self.bias)) if len(self.bias) > 1 else self.bias[0]
+            extra = F.linear(x, rows, bias)
+            pos = 0
+            for a, b in self.weight_spans:
+                out[..., a:b] += extra[..., pos : pos + b - a]
+                pos += b - a
+        if not self._fused_bias:
+            for (a, b), delta in zip(self.bias_spans, self.bias, strict=True):
+                out[..., a:b] += delta
+        return out
 
 
 @dataclass
@@ -63,39 +120,53 @@ class DeltaRef:
 
 
 class MaskedModel:
-    """Applies a `TrainablePlan` to a model; `merge()` removes the parametrizations afterwards."""
+    """Applies a `TrainablePlan` to a model; `merge()` folds the deltas in and removes the hooks."""
 
     def __init__(self, model: nn.Module, plan: TrainablePlan) -> None:
         self.model = model
         self.deltas: list[DeltaRef] = []
-        self._modules: list[tuple[nn.Module, str]] = []
+        self._hooked: list[tuple[nn.Module, Any]] = []
         params = dict(model.named_parameters())
         for param in model.parameters():
             param.requires_grad_(False)
-        spans: dict[str, list[TrainEntry]] = {}
+        by_module: dict[str, dict[str, list[TrainEntry]]] = {}
         for entry in plan.entries:
             if entry.dim is None:
                 params[entry.name].requires_grad_(True)
             else:
-                spans.setdefault(entry.name, []).append(entry)
-        for name, entries in spans.items():
-            module_name, _, attr = name.rpartition(".")
+                module_name, _, attr = entry.name.rpartition(".")
+                by_module.setdefault(module_name, {}).setdefault(attr, []).append(entry)
+        for module_name, attrs in by_module.items():
             module = model.get_submodule(module_name)
-            original = params[name]
-            dims = {e.dim for e in entries}
+            if not isinstance(module, nn.Linear) or set(attrs) - {"weight", "bias"}:
+                raise ValueError(f"{module_name}: slices are only supported on nn.Linear weights")
+            weight, bias = attrs.get("weight", []), attrs.get("bias", [])
+            dims = {e.dim for e in weight}
             if (
-                len(dims) != 1
+                len(dims) > 1
             ):  # pragma: no cover - adapters never mix rows and columns of one tensor
-                raise ValueError(f"{name}: slices along several dims")
-            dim = dims.pop()
-            assert dim is not None
-            slicer = SliceDelta(original, dim, [(e.start, e.stop) for e in entries])
-            parametrize.register_parametrization(module, attr, slicer)
-            self._modules.append((module, attr))
-            kept = getattr(module.parametrizations, attr).original
-            kept.requires_grad_(False)
-            for (a, b), delta in zip(slicer.spans, slicer.deltas, strict=True):
-                self.deltas.append(DeltaRef(name, delta, kept, dim, a, b))
+                raise ValueError(f"{module_name}.weight: slices along several dims")
+            if any(e.dim != 0 for e in bias):  # pragma: no cover - a bias has one dim
+                raise ValueError(f"{module_name}.bias: slices must be along dim 0")
+            weight_dim = dims.pop() if dims else None
+            holder = SpanDeltas(
+                module,
+                weight_dim,
+                [(e.start, e.stop) for e in weight],
+                [(e.start, e.stop) for e in bias],
+            )
+            module.register_module(HOLDER, holder)
+            self._hooked.append((module, module.register_forward_hook(holder.hook)))
+            for attr, dim, spans, deltas in (
+                ("weight", weight_dim, holder.weight_spans, holder.weight),
+                ("bias", 0, holder.bias_spans, holder.bias),
+            ):
+                for (a, b), delta in zip(spans, deltas, strict=True):
+                    assert dim is not None
+                    original = getattr(module, attr)
+                    self.deltas.append(
+                        DeltaRef(f"{module_name}.{attr}", delta, original, dim, a, b)
+                    )
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -111,14 +182,12 @@ class MaskedModel:
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Write W0[span] + delta into the original tensors and drop the parametrizations."""
-        updates = [
-            (ref.original, ref.dim, ref.start, ref.stop, ref.base() + ref.delta.detach())
-            for ref in self.deltas
-        ]
-        for module, attr in self._modules:
-            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
-        for original, dim, start, stop, value in updates:
-            original.data.narrow(dim, start, stop - start).copy_(value)
-        self._modules.clear()
+        """Write W0[span] + delta into the original tensors and drop the hooks and deltas."""
+        for ref in self.deltas:
+            value = ref.base() + ref.delta.detach()
+            ref.original.data.narrow(ref.dim, ref.start, ref.stop - ref.start).copy_(value)
+        for module, handle in self._hooked:
+            handle.remove()
+            delattr(module, HOLDER)
+        self._hooked.clear()
         self.deltas.clear()
