@@ -30,8 +30,9 @@ from ctsft.adapters.decoder import rotate_half
 from ctsft.cdt.rules import (
     CDTOptions,
     activation_name,
-    activation_pair,
     clean_up,
+    gated_node,
+    linear_node,
     node_rules,
 )
 
@@ -243,13 +244,11 @@ class _Run:
         act: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> Pair:
         clean = clean and self.opts.normalize_rel_irrel
+        args = (bw, other, bias, from_total, self.simple, self.opts.bias_eps, clean)
         name = None if act is None else activation_name(act)
-        out = self.rules.linear(
-            bw, other, bias, from_total, self.simple, self.opts.bias_eps, clean, name
-        )
-        if act is not None and name is None:  # an activation the fused rules do not know
-            return activation_pair(*out, act)
-        return out
+        if act is not None and name is None:  # a module the fused rules cannot take by name
+            return linear_node(*args, act)
+        return self.rules.linear(*args, name)
 
     def norm(self, key: str, pair: Pair, spec: NormSpec, clean: bool = False) -> Pair:
         beta, gamma = pair
@@ -287,9 +286,8 @@ class _Run:
         if gate[0] is None:
             return None, fn(gate[1]) * up[1]
         name = activation_name(fn)
-        if name is None:
-            ab, ag = activation_pair(gate[0], gate[1], fn)
-            return (ab + ag) * (up[0] + up[1]) - ag * up[1], ag * up[1]
+        if name is None:  # a module the fused rules cannot take by name: eager
+            return gated_node(gate[0], gate[1], up[0], up[1], fn)
         return self.rules.gated(gate[0], gate[1], up[0], up[1], name)
 
     def add(self, a: Pair, b: Pair, clean: bool = False, a_zero: bool = False) -> Pair:

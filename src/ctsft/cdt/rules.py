@@ -127,6 +127,10 @@ _ACTIVATION_TYPES = {
 }
 
 
+def _activation(act: str | Activation) -> Activation:
+    return ACTIVATIONS[act] if isinstance(act, str) else act
+
+
 def activation_name(fn: Any) -> str | None:
     """The name in `ACTIVATIONS` computing the same function as the model's module `fn`, if any."""
     name = _ACTIVATION_TYPES.get(type(fn).__name__)
@@ -146,17 +150,17 @@ def linear_node(
     simple: bool,
     eps: float,
     clean: bool,
-    act: str | None,
+    act: str | Activation | None,
 ) -> Parts:
     """After a linear map: `bw` = beta W; `other` = gamma W, or (`from_total`) the cached total W,
     in which case gamma W = total W - beta W. Then the bias split, the optional clean-up and the
-    optional activation (by name)."""
+    optional activation (by name when compiled; a module only eagerly)."""
     gw = other - bw if from_total else other
     beta, gamma = split_bias(bw, gw, bias, simple, eps)
     if clean:
         beta, gamma = clean_up(beta, gamma)
     if act is not None:
-        beta, gamma = activation_pair(beta, gamma, ACTIVATIONS[act])
+        beta, gamma = activation_pair(beta, gamma, _activation(act))
     return beta, gamma
 
 
@@ -200,11 +204,11 @@ def gated_node(
     gate_gamma: torch.Tensor,
     up_beta: torch.Tensor,
     up_gamma: torch.Tensor,
-    act: str,
+    act: str | Activation,
 ) -> Parts:
     """Gated MLP: act(gate) * up; gamma' = act(gate)_gamma * up_gamma, every term touching beta is
-    relevant."""
-    fn = ACTIVATIONS[act]
+    relevant. `act` by name when compiled; a module only eagerly."""
+    fn = _activation(act)
     g_act = fn(gate_gamma)
     b_act = fn(gate_beta + gate_gamma) - g_act
     gamma = g_act * up_gamma

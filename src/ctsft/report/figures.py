@@ -48,14 +48,22 @@ def _figure(n: int, width: float = 5.0, height: float = 4.0):
     return fig, axes[0]
 
 
-def accuracy_vs_params(records: pd.DataFrame, out: str | Path) -> Path:
+def _panel_figure(records: pd.DataFrame):
+    """One titled panel per (task, proxy): the figure, the method colours and (axes, runs) pairs."""
     panels = _panels(records)
-    colors = _colors(records["label"])
     fig, axes = _figure(len(panels))
     if not panels:
         _empty(axes[0], "no evaluations")
+    cells = []
     for ax, (task, proxy) in zip(axes, panels, strict=False):
-        runs = records[(records["task"] == task) & (records["proxy"] == proxy)]
+        ax.set_title(f"{task}, proxy {proxy}")
+        cells.append((ax, records[(records["task"] == task) & (records["proxy"] == proxy)]))
+    return fig, _colors(records["label"]), cells
+
+
+def accuracy_vs_params(records: pd.DataFrame, out: str | Path) -> Path:
+    fig, colors, cells = _panel_figure(records)
+    for ax, runs in cells:
         for label in sorted(runs["label"].unique(), key=method_sort_key):
             sub = runs[runs["label"] == label]
             x = sub["pct_params_updated"].fillna(0.0)
@@ -71,7 +79,6 @@ def accuracy_vs_params(records: pd.DataFrame, out: str | Path) -> Path:
         ax.set_xscale("symlog", linthresh=0.01)
         ax.set_xlabel("% parameters updated (symlog)")
         ax.set_ylabel("target accuracy")
-        ax.set_title(f"{task}, proxy {proxy}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -79,13 +86,8 @@ def accuracy_vs_params(records: pd.DataFrame, out: str | Path) -> Path:
 
 
 def forgetting_bars(records: pd.DataFrame, out: str | Path) -> Path:
-    panels = _panels(records)
-    colors = _colors(records["label"])
-    fig, axes = _figure(len(panels))
-    if not panels:
-        _empty(axes[0], "no evaluations")
-    for ax, (task, proxy) in zip(axes, panels, strict=False):
-        runs = records[(records["task"] == task) & (records["proxy"] == proxy)]
+    fig, colors, cells = _panel_figure(records)
+    for ax, runs in cells:
         stats = runs.groupby("label")["forgetting"].agg(["mean", "std"]).fillna(0.0)
         order = sorted(stats.index, key=method_sort_key)
         ax.bar(
@@ -98,7 +100,6 @@ def forgetting_bars(records: pd.DataFrame, out: str | Path) -> Path:
         ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_ylabel("proxy accuracy change (after − before)")
-        ax.set_title(f"{task}, proxy {proxy}")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, out)

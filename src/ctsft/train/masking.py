@@ -43,6 +43,11 @@ def _zero_deltas(
     )
 
 
+def _joined(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """`torch.cat` along `dim`, without a copy for a single tensor (the common single span)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)
+
+
 class SpanDeltas(nn.Module):
     """Trainable deltas on spans of a frozen `nn.Linear`, added to its output by a forward hook.
 
@@ -78,21 +83,15 @@ class SpanDeltas(nn.Module):
     def add_to(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """`out` (= x @ W0.T + b0) plus the contribution of the deltas."""
         if self.weight_spans and self.weight_dim == 1:
-            if len(self.weight_spans) == 1:
-                (a, b), delta = self.weight_spans[0], self.weight[0]
-                cols = x[..., a:b]
-            else:
-                cols = torch.cat([x[..., a:b] for a, b in self.weight_spans], dim=-1)
-                delta = torch.cat(list(self.weight), dim=1)
+            cols = _joined([x[..., a:b] for a, b in self.weight_spans], dim=-1)
+            delta = _joined(list(self.weight), dim=1)
             flat = torch.addmm(
                 out.reshape(-1, out.shape[-1]), cols.reshape(-1, cols.shape[-1]), delta.t()
             )
             out = flat.view(out.shape)
         elif self.weight_spans:
-            rows = torch.cat(list(self.weight)) if len(self.weight) > 1 else self.weight[0]
-            bias = None
-            if self._fused_bias:
-                bias = torch.cat(list(self.bias)) if len(self.bias) > 1 else self.bias[0]
+            rows = _joined(list(self.weight), dim=0)
+            bias = _joined(list(self.bias), dim=0) if self._fused_bias else None
             extra = F.linear(x, rows, bias)
             pos = 0
             for a, b in self.weight_spans:
