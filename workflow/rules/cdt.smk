@@ -13,6 +13,7 @@ rule mean_baseline:
     threads: config["threads"]
     resources:
         mem_mb=6000,
+        gpu=GPUS_PER_JOB,
         runtime=60,
     params:
         step="mean_baseline",
@@ -44,6 +45,7 @@ rule score_heads:
     threads: config["threads"]
     resources:
         mem_mb=8000,
+        gpu=GPUS_PER_JOB,
         runtime=240,
     params:
         step="score_heads",
@@ -93,6 +95,7 @@ rule faithfulness:
     threads: config["threads"]
     resources:
         mem_mb=6000,
+        gpu=GPUS_PER_JOB,
         runtime=120,
     params:
         step="faithfulness",

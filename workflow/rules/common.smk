@@ -28,6 +28,9 @@ KS = [str(k) for k in config["k"]]
 METHODS = {spec["name"]: spec for spec in config["methods"]}
 TASKS_RUN = sorted({exp["task"] for exp in config["experiments"]})
 WANDB = config["wandb"]
+# `gpu` resource of every heavy rule: `--resources gpu=N` runs at most N of them at once locally,
+# and the SLURM plugin requests that many GPUs per job (0 on a CPU-only cluster).
+GPUS_PER_JOB = int(config.get("gpus_per_job", 1))
 
 
 def _check_config():

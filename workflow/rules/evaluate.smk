@@ -14,6 +14,7 @@ rule evaluate:
     threads: config["threads"]
     resources:
         mem_mb=6000,
+        gpu=GPUS_PER_JOB,
         runtime=60,
     params:
         step="evaluate",

@@ -13,6 +13,7 @@ rule finetune:
     threads: config["threads"]
     resources:
         mem_mb=8000,
+        gpu=GPUS_PER_JOB,
         runtime=240,
     params:
         step="finetune",
@@ -36,6 +37,7 @@ rule evaluate_proxy:
     threads: config["threads"]
     resources:
         mem_mb=6000,
+        gpu=GPUS_PER_JOB,
         runtime=60,
     params:
         step="evaluate",

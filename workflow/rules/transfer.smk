@@ -15,6 +15,7 @@ rule transfer:
     threads: config["threads"]
     resources:
         mem_mb=8000,
+        gpu=GPUS_PER_JOB,
         runtime=240,
     params:
         step="transfer",
