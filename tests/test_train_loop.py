@@ -182,7 +182,8 @@ def test_grad_accumulation_schedule_and_log(
         summary["steps"] == summary["total_steps"] == 2 * 3
     )  # 6 batches of 3 -> 3 steps per epoch
     lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    lrs = [line["lr"] for line in lines]
+    assert lines[0]["event"] == "start" and [ln.get("event") for ln in lines].count("start") == 1
+    lrs = [line["lr"] for line in lines if "lr" in line]
     assert lrs[0] == 0.0 and max(lrs) == pytest.approx(1e-3) and lrs[-1] < 1e-3
 
 

@@ -23,14 +23,15 @@ def predict(
     """Predicted and gold label ids for `rows` (eval mode, no gradients).
 
     Rows are batched in order of token length, so little compute is spent on padding; the
-    predictions come back in the input order.
+    predictions come back in the input order. Forward passes run on the model's device under its
+    runtime's autocast.
     """
     examples = rows.to_list() if isinstance(rows, Dataset) else list(rows)
     lengths = [len(model.tokenizer(*model.format(ex))["input_ids"]) for ex in examples]
     order = np.argsort(lengths, kind="stable")
     preds = np.zeros(len(examples), dtype=int)
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), model.autocast():
         for start in range(0, len(examples), batch_size):
             chunk = order[start : start + batch_size]
             batch = model.encode([examples[i] for i in chunk])

@@ -37,8 +37,12 @@ def batches(
 def predict(task_model: Any, examples: list[dict[str, Any]], batch_size: int = 32) -> torch.Tensor:
     """Predicted label ids of `examples`."""
     task_model.eval()
-    preds = [task_model(**batch).argmax(-1) for batch in batches(task_model, examples, batch_size)]
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    with task_model.autocast():
+        preds = [
+            task_model(**batch).argmax(-1).cpu()
+            for batch in batches(task_model, examples, batch_size)
+        ]
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device="cpu")
 
 
 def discovery_indices(
@@ -107,14 +111,21 @@ def mean_baseline(
     adapter = task_model.adapter
     geo = adapter.geometry
     task_model.eval()
-    sums = torch.zeros(geo.n_layers, geo.n_heads, geo.d_head, dtype=torch.float64)
+    # float64 sums on the model's device (no host sync per batch); fp64 is slow on GPUs but this
+    # is a few small reductions per batch next to a forward pass
+    dev = task_model.device
+    sums = torch.zeros(geo.n_layers, geo.n_heads, geo.d_head, dtype=torch.float64, device=dev)
     n_pos = int(getattr(task_model, "max_length", 128))
-    pos_sums = torch.zeros(geo.n_layers, n_pos, geo.n_heads, geo.d_head, dtype=torch.float64)
-    pos_counts = torch.zeros(n_pos, dtype=torch.float64)
+    pos_sums = (
+        torch.zeros(geo.n_layers, n_pos, geo.n_heads, geo.d_head, dtype=torch.float64, device=dev)
+        if pooling == "position"
+        else None
+    )
+    pos_counts = torch.zeros(n_pos, dtype=torch.float64, device=dev)
     count = 0
     for batch in batches(task_model, examples, batch_size):
         mask = batch["attention_mask"].to(torch.float64)  # [B, T]
-        with adapter.capture_head_outputs() as store:
+        with adapter.capture_head_outputs() as store, task_model.autocast():
             task_model(**batch)
         z = torch.stack([store[i] for i in range(geo.n_layers)]).to(
             torch.float64
@@ -123,23 +134,23 @@ def mean_baseline(
             pooled = z[:, :, 0]
         elif pooling == "last":
             last = batch["attention_mask"].sum(1) - 1
-            pooled = z[:, torch.arange(z.shape[1]), last]
+            pooled = z[:, torch.arange(z.shape[1], device=dev), last]
         else:
             weights = mask / mask.sum(1, keepdim=True)
             pooled = torch.einsum("lbthd,bt->lbhd", z, weights)
         sums += pooled.sum(1)
         count += z.shape[1]
-        if pooling == "position":
+        if pos_sums is not None:
             t = z.shape[2]
             pos_sums[:, :t] += torch.einsum("lbthd,bt->lthd", z, mask)
             pos_counts[:t] += mask.sum(0)
     mu = sums / count
-    if pooling == "position":
+    if pos_sums is not None:
         reached = pos_counts > 0
         per_pos = mu.unsqueeze(1).expand(-1, n_pos, -1, -1).clone()
         per_pos[:, reached] = pos_sums[:, reached] / pos_counts[reached, None, None]
         mu = per_pos
-    return mu.to(torch.float32)
+    return mu.to(device="cpu", dtype=torch.float32)
 
 
 def save_mu(path: str | Path, mu: torch.Tensor, record: dict[str, Any]) -> None:

@@ -96,16 +96,15 @@ class CDTEngine:
         self.adapter = adapter or get_adapter(hf_model)
         self.options = options or CDTOptions()
         self.geo = self.adapter.geometry
+        self.device = next(hf_model.parameters()).device  # every tensor of a pass lives here
         self.parts: list[LayerParts] = self.adapter.layers()
         if kind == "encoder":
-            self.pooler = hf_model.bert.pooler.dense
-            self.pooler_act = hf_model.bert.pooler.activation
-            self.classifier = hf_model.classifier
+            self.pooler, self.pooler_act, self.classifier = self.adapter.classifier_head()
         else:
             if not label_ids:
                 raise ValueError("a causal model needs label_ids")
-            ids = torch.tensor(list(label_ids))
             head = hf_model.lm_head
+            ids = torch.tensor(list(label_ids), device=head.weight.device)
             self.unembed_w = head.weight.detach()[ids]
             self.unembed_b = None if head.bias is None else head.bias.detach()[ids]
             self.final_norm = self.adapter.final_norm()
@@ -324,7 +323,7 @@ class _Run:
             if key not in self.t:
                 hidden = self.t[f"{layer}.in"][0]
                 tables = self.e.adapter.rotary(hidden, layer)
-                self.t[key] = torch.empty(0) if tables is None else torch.stack(list(tables))
+                self.t[key] = hidden.new_empty(0) if tables is None else torch.stack(list(tables))
             tab = self.t[key]
             self.rot[layer] = None if tab.numel() == 0 else (tab[0], tab[1])  # type: ignore[assignment]
         return self.rot[layer]
@@ -570,7 +569,8 @@ class _Run:
                         f"source {src} outside {geo.n_layers} layers x {geo.n_heads} heads"
                     )
                 m = masks.setdefault(
-                    layer, torch.zeros(n_sets, *am.shape, geo.n_heads, dtype=torch.bool)
+                    layer,
+                    torch.zeros(n_sets, *am.shape, geo.n_heads, dtype=torch.bool, device=am.device),
                 )
                 if pos is None:
                     m[s, :, :, head] = True
@@ -583,7 +583,7 @@ class _Run:
             mu_l = mu[layer]
             if mu_l.dim() == 3:  # [T_mu, H, dh] -> [B, T, H, dh]
                 mu_l = mu_l[:n_pos].unsqueeze(0).expand(am.shape[0], -1, -1, -1)
-            self.patch[layer] = (m, mu_l.to(self.dtype))
+            self.patch[layer] = (m, mu_l.to(device=am.device, dtype=self.dtype))
         start = min(masks)
         self._single_head_slices(start, masks[start].any(1).any(1))
         return start
@@ -651,14 +651,15 @@ class _Run:
         self.sel = self.cache.readout
         n_pos = self.attention_mask.shape[1]
         n_sets = len(heads)
+        logits = self.cache.logits  # device and dtype of the pass
         for s, hs in enumerate(heads):
             for layer, head in hs:
                 if layer not in self.ablation:
-                    mu_l = mu[layer].to(self.cache.logits.dtype)
+                    mu_l = mu[layer].to(device=logits.device, dtype=logits.dtype)
                     if mu_l.dim() == 3:
                         mu_l = mu_l[:n_pos].unsqueeze(0)
                     self.ablation[layer] = (
-                        torch.zeros(n_sets, geo.n_heads, dtype=torch.bool),
+                        torch.zeros(n_sets, geo.n_heads, dtype=torch.bool, device=logits.device),
                         mu_l,
                     )
                 self.ablation[layer][0][s, head] = True

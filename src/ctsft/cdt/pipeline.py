@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ctsft.cdt.baseline import discovery_indices
+from ctsft.cdt.engine import CDTEngine
 from ctsft.cdt.rules import CDTOptions
 from ctsft.config import task_spec
 from ctsft.data import load_split
@@ -16,6 +17,9 @@ from ctsft.errors import CtsftError
 from ctsft.io import read_json
 from ctsft.models import load_task_model
 from ctsft.provenance import sha256_file
+from ctsft.runtime import PRECISIONS, runtime_from_cfg, set_tf32
+
+CDT_PRECISIONS = ("fp32", "bf16")
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +36,34 @@ def cdt_options(cfg: DictConfig) -> CDTOptions:
 
 
 def load_proxy_model(cfg: DictConfig, checkpoint: str) -> Any:
-    """theta_1 as a TaskModel (eval mode, eager attention)."""
+    """theta_1 as a TaskModel in eval mode, on the runtime's device."""
     max_length = int(cfg.train.max_length) if "train" in cfg and "max_length" in cfg.train else 128
     model = load_task_model(
-        checkpoint, task_spec(cfg), kind=cfg.model.get("kind"), max_length=max_length
+        checkpoint,
+        task_spec(cfg),
+        kind=cfg.model.get("kind"),
+        max_length=max_length,
+        runtime=runtime_from_cfg(cfg),
     )
     return model.eval()
+
+
+def cdt_engine(cfg: DictConfig, model: Any) -> CDTEngine:
+    """The CD-T engine of `model` in `cdt.precision` (the model is cast for bf16), TF32 per
+    `cdt.tf32`. fp32 without TF32 keeps beta + gamma equal to the logits to ~1e-5."""
+    precision = str(cfg.cdt.get("precision", "fp32"))
+    if precision not in CDT_PRECISIONS:
+        raise CtsftError(
+            f"cdt.precision must be one of {', '.join(CDT_PRECISIONS)}, got {precision!r}"
+        )
+    set_tf32(bool(cfg.cdt.get("tf32", False)))
+    if precision != "fp32":
+        model.hf.to(PRECISIONS[precision])
+    return CDTEngine.from_task_model(model, cdt_options(cfg))
+
+
+# what each CD-T step may run out of memory on, for the one-line message
+CDT_MEMORY_KEYS = ("cdt.head_batch", "cdt.batch_size")
 
 
 def model_record(checkpoint: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -55,7 +55,9 @@ def length_groups(
     if not size or size >= n_rows and bool(mask.all()):
         return [batch]
     lengths = mask.sum(1)
-    right_padded = bool((mask.bool() == (torch.arange(n_pos) < lengths[:, None])).all())
+    right_padded = bool(
+        (mask.bool() == (torch.arange(n_pos, device=mask.device) < lengths[:, None])).all()
+    )
     out = []
     for rows in torch.argsort(lengths, stable=True).split(size):
         keep = int(lengths[rows].max()) if right_padded else n_pos
@@ -86,7 +88,7 @@ def score_heads(
     if kind not in SCORE_KINDS:
         raise CtsftError(f"cdt.score must be one of {', '.join(SCORE_KINDS)}, got {kind!r}")
     geo = engine.geo
-    sums = torch.zeros(geo.n_layers, geo.n_heads, dtype=torch.float64)
+    sums = torch.zeros(geo.n_layers, geo.n_heads, dtype=torch.float64, device=engine.device)
     n = 0
     groups = [
         (layer, list(range(h0, min(h0 + head_batch, geo.n_heads))))
@@ -117,7 +119,7 @@ def score_heads(
     bar.close()
     if n == 0:
         raise CtsftError("no examples to score")
-    return (sums / n).to(torch.float32), n
+    return (sums / n).to(device="cpu", dtype=torch.float32), n
 
 
 def scores_table(scores: torch.Tensor, n_examples: int, kind: str) -> pd.DataFrame:
@@ -145,15 +147,11 @@ def write_scores(path: str | Path, table: pd.DataFrame) -> None:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.9g")
 
 
-def read_scores(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise CtsftError(f"missing score table {path}: run the score_heads step first")
-    df = pd.read_csv(path, sep="\t")
-    missing = set(TSV_COLUMNS) - set(df.columns)
-    if missing:
-        raise CtsftError(f"{path} is not a head score table (missing columns {sorted(missing)})")
-    return df
+def read_scores(path: str | Path, geometry: Any = None) -> pd.DataFrame:
+    """The score table of `write_scores`, validated (see `ctsft.artifacts.read_scores`)."""
+    from ctsft.artifacts import read_scores as read_validated
+
+    return read_validated(path, geometry)
 
 
 def scores_matrix(df: pd.DataFrame) -> torch.Tensor:

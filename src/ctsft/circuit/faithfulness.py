@@ -25,8 +25,8 @@ def ablation_report(
 ) -> dict[str, Any]:
     """Clean accuracy / margin, and per head set: accuracy, accuracy drop, mean gold-margin drop."""
     n_sets = len(head_sets)
-    correct = torch.zeros(n_sets, dtype=torch.float64)
-    margin_drop = torch.zeros(n_sets, dtype=torch.float64)
+    correct = torch.zeros(n_sets, dtype=torch.float64, device=engine.device)
+    margin_drop = torch.zeros(n_sets, dtype=torch.float64, device=engine.device)
     clean_correct = 0.0
     clean_margin = 0.0
     n = 0

@@ -6,6 +6,7 @@ evaluation and circuit discovery never branch on the model family.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ from transformers import (
 )
 
 from ctsft.adapters import ArchAdapter, get_adapter
+from ctsft.artifacts import check_checkpoint
 from ctsft.data.tasks import TaskSpec, get_task
 from ctsft.errors import CtsftError
-from ctsft.io import atomic_path, read_json
+from ctsft.io import atomic_path
+from ctsft.runtime import CPU, Runtime
 
 TASK_MODEL_FILE = "task_model.json"
 
@@ -54,9 +57,11 @@ class TaskModel(nn.Module):
         task: TaskSpec,
         kind: str,
         max_length: int = 128,
+        runtime: Runtime = CPU,
     ) -> None:
         super().__init__()
         self.hf = hf_model
+        self.runtime = runtime
         self.tokenizer = tokenizer
         self.task = task
         self.kind = kind
@@ -92,11 +97,22 @@ class TaskModel(nn.Module):
             return_tensors="pt",
         )
         out = {
-            k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+            k: v.to(self.device)
+            for k, v in batch.items()
+            if k in ("input_ids", "attention_mask", "token_type_ids")
         }
         if all("label" in ex for ex in examples):
-            out["labels"] = torch.tensor([int(ex["label"]) for ex in examples])
+            out["labels"] = torch.tensor([int(ex["label"]) for ex in examples], device=self.device)
         return out
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are: every batch `encode` makes goes there."""
+        return next(self.hf.parameters()).device
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The runtime's mixed-precision context for forward passes (training, evaluation)."""
+        return self.runtime.autocast()
 
     # -- outputs ---------------------------------------------------------------------------
     @staticmethod
@@ -152,29 +168,21 @@ def load_task_model(
     kind: str | None = None,
     max_length: int = 128,
     seed: int = 0,
-    attn_implementation: str = "eager",
+    runtime: Runtime = CPU,
+    model_name: str | None = None,
 ) -> TaskModel:
-    """Load a prepared base model or a trained checkpoint folder as a `TaskModel`.
+    """Load a prepared base model or a trained checkpoint folder as a `TaskModel` on
+    `runtime.device` (fp32 master weights whatever the autocast precision).
 
-    A fresh classifier head (encoder) is initialised with `seed`, so the same seed gives the same
-    starting point. A checkpoint's own `task_model.json` wins over `kind`.
+    A fresh classifier head (encoder) is initialised with `seed` on the CPU before the move, so the
+    same seed gives the same starting point on every device. The folder is checked first
+    (`ctsft.artifacts.check_checkpoint`): a truncated or corrupt one, or one of another task, kind
+    or (given `model_name`) model, is a one-line error naming the rule to force.
     """
+    attn_implementation = runtime.attention
     folder = Path(model_dir)
-    if not (folder / "config.json").is_file():
-        raise CtsftError(
-            f"{folder} is not a model folder (no config.json): run the prepare step first"
-        )
     spec = get_task(task) if isinstance(task, str) else task
-    meta_path = folder / TASK_MODEL_FILE
-    if meta_path.is_file():
-        meta = read_json(meta_path)
-        kind = meta["kind"]
-        if meta["task"] != spec.name:
-            raise CtsftError(f"checkpoint {folder} was trained on {meta['task']}, not {spec.name}")
-    elif kind is None and (folder / "provenance.json").is_file():
-        kind = read_json(folder / "provenance.json").get("kind")
-    if kind not in ("encoder", "causal"):
-        raise CtsftError(f"model kind must be 'encoder' or 'causal', got {kind!r}")
+    kind = check_checkpoint(folder, spec.name, kind, model_name)  # one line per broken folder
     torch.manual_seed(seed)
     try:
         if kind == "encoder":
@@ -190,4 +198,5 @@ def load_task_model(
             f"cannot load model from {folder} ({type(err).__name__}): re-create it"
         ) from err
     tokenizer = load_tokenizer(folder)
-    return TaskModel(hf, tokenizer, spec, kind, max_length=max_length)
+    hf.to(runtime.device)
+    return TaskModel(hf, tokenizer, spec, kind, max_length=max_length, runtime=runtime)

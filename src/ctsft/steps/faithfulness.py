@@ -12,8 +12,13 @@ import logging
 from omegaconf import DictConfig
 
 from ctsft.cdt.baseline import batches, load_mu
-from ctsft.cdt.engine import CDTEngine
-from ctsft.cdt.pipeline import cdt_options, discovery_set, load_proxy_model, proxy_pool
+from ctsft.cdt.pipeline import (
+    CDT_MEMORY_KEYS,
+    cdt_engine,
+    discovery_set,
+    load_proxy_model,
+    proxy_pool,
+)
 from ctsft.cdt.scores import read_scores, score_heads, scores_matrix
 from ctsft.circuit.faithfulness import ablation_report, spearman, summarize_random
 from ctsft.circuit.selection import random_head_sets
@@ -22,6 +27,7 @@ from ctsft.config import require, to_dict
 from ctsft.data import subsample
 from ctsft.io import read_json, write_json
 from ctsft.provenance import provenance, sha256_file
+from ctsft.runtime import oom_hint
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,7 @@ def run(cfg: DictConfig) -> dict:
     mu, meta = load_mu(mu_path)
     circuit = read_json(circuit_path)
     table = read_scores(scores_path)
-    engine = CDTEngine.from_task_model(model, cdt_options(cfg))
+    engine = cdt_engine(cfg, model)
     geo = engine.geo
     seed = int(cfg.cdt.seed)
     bs = int(cfg.cdt.batch_size)
@@ -44,20 +50,23 @@ def run(cfg: DictConfig) -> dict:
         geo.n_layers, geo.n_heads, int(circuit["k"]), int(cfg.cdt.random_sets), seed + 1
     )
     sets = [circuit["circuit"], circuit["near_zero"], *randoms]
-    report = ablation_report(engine, list(batches(model, list(test), bs)), mu, sets)
+    with oom_hint(*CDT_MEMORY_KEYS):
+        report = ablation_report(engine, list(batches(model, list(test), bs)), mu, sets)
     circuit_res, near_res, random_res = report["sets"][0], report["sets"][1], report["sets"][2:]
     rand = summarize_random(random_res)
 
     examples, _ = discovery_set(cfg, model, meta)
     data = list(batches(model, examples, bs))
-    effects, n_disc = score_heads(engine, data, mu, "ablation", int(cfg.cdt.head_batch))
+    with oom_hint(*CDT_MEMORY_KEYS):
+        effects, n_disc = score_heads(engine, data, mu, "ablation", int(cfg.cdt.head_batch))
     correlations = {
         "tsv_" + str(table["score_kind"].iloc[0]): spearman(
             scores_matrix(table).numpy(), effects.numpy()
         )
     }
     if table["score_kind"].iloc[0] != "directional":
-        directional, _ = score_heads(engine, data, mu, "directional", int(cfg.cdt.head_batch))
+        with oom_hint(*CDT_MEMORY_KEYS):
+            directional, _ = score_heads(engine, data, mu, "directional", int(cfg.cdt.head_batch))
         correlations["directional"] = spearman(directional.numpy(), effects.numpy())
     result = {
         "model": str(cfg.model.name),

@@ -15,6 +15,7 @@ from ctsft.cli import run_step
 from ctsft.config import require, to_dict
 from ctsft.data import data_checksum
 from ctsft.provenance import provenance
+from ctsft.runtime import oom_hint
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,8 @@ def run(cfg: DictConfig) -> dict:
     checkpoint, mu_path = require(cfg, "proxy_checkpoint", "mu")
     model = load_proxy_model(cfg, checkpoint)
     examples, discovery = discovery_set(cfg, model)
-    mu = mean_baseline(model, examples, str(cfg.cdt.pooling), int(cfg.cdt.batch_size))
+    with oom_hint("cdt.batch_size"):
+        mu = mean_baseline(model, examples, str(cfg.cdt.pooling), int(cfg.cdt.batch_size))
     record = provenance(
         step="mean_baseline",
         model=cfg.model.name,

@@ -11,8 +11,13 @@ import logging
 from omegaconf import DictConfig
 
 from ctsft.cdt.baseline import batches, load_mu
-from ctsft.cdt.engine import CDTEngine
-from ctsft.cdt.pipeline import cdt_options, discovery_set, load_proxy_model
+from ctsft.cdt.pipeline import (
+    CDT_MEMORY_KEYS,
+    cdt_engine,
+    cdt_options,
+    discovery_set,
+    load_proxy_model,
+)
 from ctsft.cdt.scores import score_heads, scores_table, write_scores
 from ctsft.circuit.heatmap import plot_heatmap
 from ctsft.circuit.selection import resolve_k, select_heads
@@ -20,6 +25,7 @@ from ctsft.cli import run_step
 from ctsft.config import require
 from ctsft.io import write_json
 from ctsft.provenance import provenance, sha256_file
+from ctsft.runtime import oom_hint
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +37,11 @@ def run(cfg: DictConfig) -> dict:
     model = load_proxy_model(cfg, checkpoint)
     mu, meta = load_mu(mu_path)
     examples, _ = discovery_set(cfg, model, meta)
-    engine = CDTEngine.from_task_model(model, cdt_options(cfg))
+    engine = cdt_engine(cfg, model)
     kind = str(cfg.cdt.score)
     data = list(batches(model, examples, int(cfg.cdt.batch_size)))
-    scores, n = score_heads(engine, data, mu, kind, int(cfg.cdt.head_batch))
+    with oom_hint(*CDT_MEMORY_KEYS):
+        scores, n = score_heads(engine, data, mu, kind, int(cfg.cdt.head_batch))
     table = scores_table(scores, n, kind)
     write_scores(scores_path, table)
     k = resolve_k(cfg.cdt.k, len(table))

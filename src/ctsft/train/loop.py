@@ -4,7 +4,14 @@ Deterministic on CPU for a seed: the global torch RNG is seeded (dropout, LoRA i
 epoch's data order comes from its own `torch.Generator(seed, epoch)`, so a resumed run replays the
 same batches. Resume state (trainable tensors, optimizer, scheduler, RNG, position) is written
 atomically every `resume_every` optimizer steps to `<checkpoint>.resume/` and deleted once the
-checkpoint folder has been written (atomically, so it only exists when complete).
+checkpoint folder has been written (atomically, so it only exists when complete). The state is
+keyed by a fingerprint of everything the run depends on (step config, plan, seed, and the sha256
+of the initial checkpoint, the circuit and the data), so a resume never continues another run.
+
+The device and precision come from the model's `Runtime`: forward passes run under its autocast
+(bf16 on CUDA by default), while weights, span deltas and AdamW state stay fp32. We keep our own
+loop rather than HF `Trainer` because CT-SFT's span deltas need a decay step between clipping and
+the optimizer step (see `MaskedModel.decay_deltas`), and the resume state must be bit-exact.
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ from ctsft.train.methods import TrainablePlan
 
 log = logging.getLogger(__name__)
 
+# Provenance keys of the inputs a run depends on: part of the resume fingerprint, so changing the
+# initial checkpoint, the circuit or the data discards a stale `<checkpoint>.resume/`.
+RESUME_INPUTS = ("init_sha256", "base_model_sha256", "circuit_sha256", "data_checksum")
+
 _SCHEDULES = {"linear": "linear", "constant": "constant_with_warmup", "cosine": "cosine"}
 
 
@@ -54,6 +65,7 @@ class TrainConfig:
     eval_batch_size: int = 32
     resume_every: int = 50
     log_every: int = 1
+    deterministic: bool = True
     lora_alpha_over_rank: float = 2.0
     lora_dropout: float = 0.0
 
@@ -83,6 +95,7 @@ class RunLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._began = False
         self.wandb = None
         mode = (wandb_cfg or {}).get("mode") or "disabled"
         if mode != "disabled":
@@ -96,6 +109,27 @@ class RunLog:
                 name=wandb_cfg.get("name"),
                 config=run_config,
             )
+
+    def begin(self, resumed_at: int | None, record: dict[str, Any]) -> None:
+        """Start the log afresh, or (resuming at step n) keep only what happened up to step n, so
+        a rerun or a resume never leaves duplicate steps or a second `start` event."""
+        kept: list[str] = []
+        if resumed_at is not None and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    old = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by the kill
+                if old.get("event") == "start" or int(old.get("step", 0)) <= resumed_at:
+                    kept.append(line)
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.writelines(line + "\n" for line in kept)
+        self._began = True
+        event = "start" if resumed_at is None else "resume"
+        self.write(
+            {"event": event, **({} if resumed_at is None else {"step": resumed_at}), **record}
+        )
 
     def write(self, record: dict[str, Any]) -> None:
         self.handle.write(json.dumps(record, default=str) + "\n")
@@ -152,6 +186,7 @@ class Trainer:
         self.config = config
         self.seed = seed
         torch.manual_seed(seed)
+        self.scaler = model.runtime.grad_scaler()
         self.trainable_count = plan.trainable
         self.masked: MaskedModel | None = None
         if plan.method == "lora":
@@ -185,7 +220,8 @@ class Trainer:
         return set() if self.masked is None else {id(ref.delta) for ref in self.masked.deltas}
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.named}
+        """CPU copies (resume files and the best epoch load on any device)."""
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.named}
 
     def _load_trainable(self, state: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
@@ -210,10 +246,13 @@ class Trainer:
         """Forward + backward of one micro-batch (loss scaled by 1/n_micro); returns its loss."""
         encoded = dict(encoded)
         labels = encoded.pop("labels")
-        loss = nn.functional.cross_entropy(self.model(**encoded), labels)
+        with self.model.autocast():
+            logits = self.model(**encoded)
+        loss = nn.functional.cross_entropy(logits.float(), labels)
         if not torch.isfinite(loss):
             raise CtsftError(f"loss became NaN at step {self.step + 1}: lower train.lr")
-        (loss / n_micro).backward()
+        scaled = loss / n_micro
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         return loss.item()
 
     def apply_update(self, scheduler: Any | None = None) -> float:
@@ -221,6 +260,8 @@ class Trainer:
         assert self.optimizer is not None
         cfg = self.config
         params = [p for _, p in self.named]
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         grad_norm = (
             float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             if cfg.max_grad_norm
@@ -233,7 +274,11 @@ class Trainer:
         )
         if self.masked is not None:
             self.masked.decay_deltas(lr, cfg.weight_decay)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         if scheduler is not None:
             scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -247,6 +292,7 @@ class Trainer:
         run_log: RunLog | None = None,
         fingerprint: dict[str, Any] | None = None,
         progress: bool = True,
+        start_record: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Train for the configured epochs/steps; returns a summary of the run."""
         cfg = self.config
@@ -272,21 +318,32 @@ class Trainer:
         )
         epoch, batch_pos, best, bad, best_state = 0, 0, -1.0, 0, None
         state_file = resume_dir / "state.pt" if resume_dir else None
+        resumed_at = None
         if state_file and state_file.is_file():
-            saved = torch.load(state_file, weights_only=False)
+            saved = torch.load(state_file, weights_only=False, map_location="cpu")
             if saved.get("fingerprint") == fp:
                 self._load_trainable(saved["trainable"])
                 self.optimizer.load_state_dict(saved["optimizer"])
                 scheduler.load_state_dict(saved["scheduler"])
                 torch.set_rng_state(saved["rng"])
+                if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+                    torch.cuda.set_rng_state_all(saved["cuda_rng"])
+                if self.scaler is not None and saved.get("scaler"):
+                    self.scaler.load_state_dict(saved["scaler"])
                 self.step, epoch, batch_pos = saved["step"], saved["epoch"], saved["batch_pos"]
                 best, bad, best_state = saved["best"], saved["bad"], saved["best_state"]
                 self.last_loss = saved["last_loss"]
+                resumed_at = self.step
                 log.info("resuming from %s at step %d", resume_dir, self.step)
             else:
                 log.warning(
-                    "ignoring resume state in %s: it belongs to another configuration", resume_dir
+                    "discarding resume state in %s: it belongs to another run (its config, "
+                    "initial checkpoint, circuit or data differ); training from the start",
+                    resume_dir,
                 )
+                state_file.unlink()
+        if run_log:
+            run_log.begin(resumed_at, start_record or {})
         self.model.train()
         started = time.perf_counter()
         bar = tqdm(
@@ -373,6 +430,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "step": self.step,
             "epoch": epoch,
             "batch_pos": batch_pos,
@@ -422,6 +481,7 @@ def train_to_checkpoint(
     (the caller's provenance: config, seed, base model sha256, data checksum, git commit).
     """
     checkpoint = Path(checkpoint)
+    record = record or {}
     resume = resume_dir_for(checkpoint)
     trainer = Trainer(model, plan, config, seed)
     summary_line = plan.describe()
@@ -430,27 +490,28 @@ def train_to_checkpoint(
     run_log = RunLog(
         Path(log_path) if log_path else checkpoint.with_name(checkpoint.name + ".log.jsonl"),
         wandb_cfg,
-        record or {},
+        record,
     )
     try:
-        run_log.write(
-            {
-                "event": "start",
-                "method": plan.method,
-                "trainable": trainer.trainable_count,
-                "total": plan.total,
-            }
-        )
         summary = trainer.fit(
             train_rows,
             valid_rows,
             resume_dir=resume,
             run_log=run_log,
-            fingerprint={"config": (record or {}).get("config"), "plan": plan.to_dict()},
+            fingerprint={
+                "config": record.get("config"),
+                "plan": plan.to_dict(),
+                "inputs": {key: record.get(key) for key in RESUME_INPUTS},
+            },
             progress=progress,
+            start_record={
+                "method": plan.method,
+                "trainable": trainer.trainable_count,
+                "total": plan.total,
+            },
         )
         trainer.finish()
-        training = {**plan.to_dict(), **summary, **(record or {})}
+        training = {**plan.to_dict(), **summary, **record}
         model.save(checkpoint, extra={"training": training})
         run_log.write(
             {"event": "done", "step": summary["steps"], "final_loss": summary["final_loss"]}

@@ -13,6 +13,7 @@ from ctsft.io import read_json
 from ctsft.models import load_task_model
 from ctsft.models.task_model import TASK_MODEL_FILE, TaskModel
 from ctsft.provenance import provenance, sha256_file
+from ctsft.runtime import oom_hint, runtime_from_cfg
 from ctsft.train.loop import TrainConfig, train_to_checkpoint
 from ctsft.train.methods import build_plan, load_circuit
 
@@ -48,6 +49,7 @@ def load_start_model(cfg: DictConfig, folder: str) -> TaskModel:
         kind=str(cfg.model.kind),
         max_length=int(cfg.train.max_length),
         seed=int(cfg.seed),
+        runtime=runtime_from_cfg(cfg),
     )
 
 
@@ -84,16 +86,17 @@ def run_training(
         **model_origin(init_dir),
     )
     wandb_cfg = to_dict(cfg.wandb) if "wandb" in cfg else None
-    return train_to_checkpoint(
-        model,
-        plan,
-        config,
-        rows,
-        checkpoint,
-        seed=int(cfg.seed),
-        valid_rows=valid,
-        record=record,
-        log_path=cfg.io.get("log"),
-        wandb_cfg=wandb_cfg,
-        progress=progress,
-    )
+    with oom_hint("train.batch_size (raise train.grad_accum to keep the effective batch)"):
+        return train_to_checkpoint(
+            model,
+            plan,
+            config,
+            rows,
+            checkpoint,
+            seed=int(cfg.seed),
+            valid_rows=valid,
+            record=record,
+            log_path=cfg.io.get("log"),
+            wandb_cfg=wandb_cfg,
+            progress=progress,
+        )
