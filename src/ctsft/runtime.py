@@ -68,6 +68,10 @@ CPU = Runtime()
 def resolve_device(spec: str) -> torch.device:
     """`auto | cpu | cuda | cuda:N` as a torch device; `auto`/`cuda` take a free GPU slot."""
     spec = str(spec).strip().lower()
+    if spec not in ("auto", "cpu", "cuda") and not (
+        spec.startswith("cuda:") and spec[5:].isdigit()
+    ):
+        raise CtsftError(f"runtime.device must be auto, cpu, cuda or cuda:N, got {spec!r}")
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -79,14 +83,12 @@ def resolve_device(spec: str) -> torch.device:
         from ctsft.gpu_slots import claim_gpu
 
         index = claim_gpu(count)
-    elif spec.startswith("cuda:") and spec[5:].isdigit():
+    else:
         index = int(spec[5:])
         if index >= count:
             raise CtsftError(
                 f"runtime.device={spec} but only {count} GPU(s) are visible: pick cuda:0..{count - 1}"
             )
-    else:
-        raise CtsftError(f"runtime.device must be auto, cpu, cuda or cuda:N, got {spec!r}")
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
 

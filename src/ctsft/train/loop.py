@@ -230,7 +230,7 @@ class Trainer:
 
     def _batches(self, rows: list[dict[str, Any]], epoch: int) -> list[list[dict[str, Any]]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(rows), generator=gen).tolist()
+        order = torch.randperm(len(rows), generator=gen, device="cpu").tolist()  # indices only
         bs = self.config.batch_size
         return [[rows[i] for i in order[j : j + bs]] for j in range(0, len(order), bs)]
 
