@@ -240,3 +240,59 @@ def test_interrupted_run_resumes_to_the_same_checkpoint(
         load_file(tmp_path / "resumed" / "model.safetensors"),
     )
     assert all(torch.equal(clean[k], resumed[k]) for k in clean)
+
+
+def _crash_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    original_write = RunLog.write
+
+    def crash(self: RunLog, record: dict) -> None:
+        original_write(self, record)
+        if record.get("step") == step and "loss" in record:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunLog, "write", crash)
+
+
+@pytest.mark.parametrize("same_inputs", [True, False])
+def test_resume_state_of_other_inputs_is_discarded_and_the_log_has_each_step_once(
+    tiny_model_dirs: dict[str, Path],
+    rows: list[dict],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    same_inputs: bool,
+) -> None:
+    """Silent failure 1 of issue 11: a resume must never continue a run of another initial
+    checkpoint (or circuit, or data), and a resumed run's log must not repeat steps."""
+    config = TrainConfig(epochs=3, batch_size=4, lr=1e-3, resume_every=2)
+    out = tmp_path / "ckpt"
+
+    def train(init_sha: str) -> dict:
+        model = load_task_model(tiny_model_dirs["tiny_bert"], "nusax", max_length=16)
+        plan = build_plan(
+            model.hf,
+            model.adapter,
+            OmegaConf.create({"name": "ctsft", "heads": "circuit"}),
+            CIRCUIT,
+        )
+        record = {"config": {"x": 1}, "init_sha256": init_sha, "data_checksum": "d"}
+        return train_to_checkpoint(
+            model, plan, config, rows, out, seed=3, record=record, progress=False
+        )
+
+    _crash_at_step(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        train("theta-a")
+    assert (resume_dir_for(out) / "state.pt").is_file()
+    monkeypatch.undo()
+    with caplog.at_level("INFO", logger="ctsft.train.loop"):
+        train("theta-a" if same_inputs else "theta-b")
+    log = [json.loads(line) for line in out.with_name("ckpt.log.jsonl").read_text().splitlines()]
+    steps = [line["step"] for line in log if "loss" in line]
+    assert steps == list(range(1, 13))  # every step once, whether resumed or restarted
+    events = [line["event"] for line in log if "event" in line]
+    if same_inputs:
+        assert events == ["start", "resume", "done"] and "resuming from" in caplog.text
+    else:
+        assert events == ["start", "done"]
+        assert "discarding resume state" in caplog.text and "initial checkpoint" in caplog.text
