@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: reproduce paper test lint format clean-results
+.PHONY: reproduce paper test lint format clean-results gpu-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ paper: $(STAMP)  ## the full paper grid (a GPU machine or a cluster is advised)
 test: $(STAMP)  ## unit tests, then a real end-to-end run of the DAG on a tiny config
 	$(BIN)/ruff check src tests workflow benchmarks
 	$(BIN)/pytest -q
+
+# On a GPU machine, without the venv: needs only torch, transformers, safetensors and numpy.
+gpu-check:  ## CD-T, CT-SFT vs full FT, frozen weights, grid GPU-hours on a random Qwen2.5-0.5B
+	PYTHONPATH=src $(PYTHON) benchmarks/bench_gpu.py $(GPU_CHECK_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests workflow benchmarks

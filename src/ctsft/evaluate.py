@@ -6,13 +6,15 @@ seed, so every method and seed is scored on the same test rows.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from datasets import Dataset
 
 from ctsft.models.task_model import TaskModel
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 EVAL_SEED = 0
 
@@ -26,7 +28,7 @@ def predict(
     predictions come back in the input order. Forward passes run on the model's device under its
     runtime's autocast.
     """
-    examples = rows.to_list() if isinstance(rows, Dataset) else list(rows)
+    examples = rows.to_list() if hasattr(rows, "to_list") else list(rows)  # a datasets.Dataset
     lengths = [len(model.tokenizer(*model.format(ex))["input_ids"]) for ex in examples]
     order = np.argsort(lengths, kind="stable")
     preds = np.zeros(len(examples), dtype=int)

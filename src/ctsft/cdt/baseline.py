@@ -10,15 +10,17 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from datasets import Dataset
 from safetensors.torch import load_file, save_file
 
 from ctsft.data import balanced_indices
 from ctsft.errors import CtsftError
 from ctsft.io import atomic_path, write_json
+
+if TYPE_CHECKING:  # datasets only in annotations: the engine imports without it
+    from datasets import Dataset
 
 log = logging.getLogger(__name__)
 Pooling = Literal["all", "last", "first", "position"]

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from ctsft.cdt.engine import CDTEngine
 from ctsft.errors import CtsftError
 from ctsft.io import atomic_path
+
+if TYPE_CHECKING:  # pandas is imported where a table is built: the engine runs without it
+    import pandas as pd
 
 ScoreKind = Literal["directional", "cdt_ratio", "ablation"]
 SCORE_KINDS = ("directional", "cdt_ratio", "ablation")
@@ -124,6 +126,8 @@ def score_heads(
 
 def scores_table(scores: torch.Tensor, n_examples: int, kind: str) -> pd.DataFrame:
     """Tidy table: one row per head, rank 1 = highest (signed) score, ties broken by (layer, head)."""
+    import pandas as pd
+
     n_layers, n_heads = scores.shape
     df = pd.DataFrame(
         {

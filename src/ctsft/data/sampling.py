@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from datasets import Dataset
 
 from ctsft.errors import CtsftError
+
+if TYPE_CHECKING:  # datasets only in annotations: the engine imports without it
+    from datasets import Dataset
 
 
 def balanced_indices(labels: list[int], n_per_label: int, seed: int) -> list[int]:
