@@ -34,6 +34,7 @@ from transformers import get_scheduler
 from ctsft.errors import CtsftError
 from ctsft.io import atomic_path
 from ctsft.models.task_model import TaskModel
+from ctsft.tracking import start_run
 from ctsft.train.lora import inject_lora, merge_lora
 from ctsft.train.masking import MaskedModel
 from ctsft.train.methods import TrainablePlan
@@ -95,20 +96,7 @@ class RunLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._began = False
-        self.wandb = None
-        mode = (wandb_cfg or {}).get("mode") or "disabled"
-        if mode != "disabled":
-            import wandb  # lazy: slow import, optional at run time
-
-            self.wandb = wandb.init(
-                mode=mode if mode in ("online", "offline") else "offline",
-                project=wandb_cfg.get("project") or "ctsft",
-                group=wandb_cfg.get("group"),
-                job_type=wandb_cfg.get("job_type"),
-                name=wandb_cfg.get("name"),
-                config=run_config,
-            )
+        self.wandb = start_run(wandb_cfg, run_config, path.parent)
 
     def begin(self, resumed_at: int | None, record: dict[str, Any]) -> None:
         """Start the log afresh, or (resuming at step n) keep only what happened up to step n, so
@@ -125,7 +113,6 @@ class RunLog:
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.writelines(line + "\n" for line in kept)
-        self._began = True
         event = "start" if resumed_at is None else "resume"
         self.write(
             {"event": event, **({} if resumed_at is None else {"step": resumed_at}), **record}
