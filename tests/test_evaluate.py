@@ -27,3 +27,31 @@ def test_a_label_never_predicted_counts_as_zero_f1() -> None:
 def test_forgetting_is_after_minus_before() -> None:
     assert forgetting(0.70, 0.75) == pytest.approx(-0.05)
     assert forgetting(0.70, None) is None
+
+
+def test_the_evaluate_step_puts_gold_labels_on_the_confusion_rows(
+    tiny_model_dirs, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model that always predicts label 0: every gold label's count sits in column 0 of its own
+    row (rows gold, columns predicted), whatever order `predict` returns (preds, labels) in."""
+    from ctsft.config import compose
+    from ctsft.steps import evaluate as evaluate_step
+
+    def always_negative(model, rows, batch_size=32):
+        labels = np.array([int(row["label"]) for row in rows])
+        return np.zeros_like(labels), labels
+
+    from ctsft.models import load_task_model
+
+    checkpoint = tmp_path / "proxy_checkpoint"
+    load_task_model(tiny_model_dirs["tiny_bert"], "nusax").save(
+        checkpoint, extra={"training": {"method": "full_ft", "trainable": 1}}
+    )
+    monkeypatch.setattr(evaluate_step, "predict", always_negative)
+    cfg = compose(
+        ["model=tiny_bert", "method=zero_shot", "target=jav", "task.eval_size=12", "threads=1"]
+        + [f"io.checkpoint={checkpoint}", f"io.metrics={tmp_path / 'm.json'}"]
+    )
+    metrics = evaluate_step.run(cfg)
+    assert metrics["confusion"] == [[4, 0, 0], [4, 0, 0], [4, 0, 0]]  # 12 rows, label-balanced
+    assert metrics["accuracy"] == pytest.approx(1 / 3)

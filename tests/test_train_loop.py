@@ -190,12 +190,27 @@ def test_grad_accumulation_schedule_and_log(
 def test_early_stopping_restores_the_best_epoch(
     tiny_model_dirs: dict[str, Path], rows: list[dict]
 ) -> None:
+    """Scripted validation accuracies 0.5, 0.9, 0.3, 0.2 with patience 2: training stops after
+    the fourth epoch and the weights are those of the second (the best), not the last."""
     model = load_task_model(tiny_model_dirs["tiny_bert"], "nusax", max_length=16)
     plan = build_plan(model.hf, model.adapter, OmegaConf.create({"name": "full_ft"}))
-    config = TrainConfig(epochs=6, batch_size=8, lr=1e-3, early_stopping=True, patience=1)
-    summary = Trainer(model, plan, config, seed=0).fit(rows, valid_rows=rows[:8], progress=False)
-    assert summary["best_valid_accuracy"] is not None
-    assert summary["stopped_early"] or summary["epochs_run"] == 6
+    config = TrainConfig(
+        epochs=6, batch_size=8, lr=1e-3, warmup_ratio=0.0, early_stopping=True, patience=2
+    )
+    trainer = Trainer(model, plan, config, seed=0)
+    scripted, states = [0.5, 0.9, 0.3, 0.2, 0.1, 0.1], []
+
+    def accuracy(_rows: list[dict]) -> float:
+        states.append({n: p.detach().clone() for n, p in trainer.named})
+        return scripted[len(states) - 1]
+
+    trainer._accuracy = accuracy  # type: ignore[method-assign]
+    summary = trainer.fit(rows[:8], valid_rows=rows[:8], progress=False)
+    assert summary["stopped_early"] and summary["epochs_run"] == 4 and len(states) == 4
+    assert summary["best_valid_accuracy"] == 0.9
+    final = {n: p.detach() for n, p in trainer.named}
+    assert all(torch.equal(final[n], states[1][n]) for n in final)
+    assert not all(torch.equal(final[n], states[3][n]) for n in final)  # the epochs did differ
 
 
 def test_interrupted_run_resumes_to_the_same_checkpoint(

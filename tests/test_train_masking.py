@@ -173,6 +173,55 @@ def test_span_deltas_are_decayed_once(tiny_model_dirs: dict[str, Path]) -> None:
     assert not deltas & groups.get(CONFIG.weight_decay, set())
 
 
+def test_weight_decay_shrinks_the_effective_selected_weights_towards_zero(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    """One AdamW step with zero gradients is pure decoupled decay: a whole trainable weight (full_ft)
+    becomes W (1 - lr wd); a masked span must do the same to its effective weight W0 + delta, not
+    shrink delta alone (which would decay towards W0), and frozen entries must not move."""
+    lr, wd = 0.1, 0.5
+    config = TrainConfig(lr=lr, weight_decay=wd, max_grad_norm=None, warmup_ratio=0.0)
+
+    def zero_grad_step(trainer: Trainer) -> None:
+        for _, param in trainer.named:
+            param.grad = torch.zeros_like(param)
+        trainer.apply_update()
+
+    model = load_task_model(tiny_model_dirs["tiny_bert"], "nusax", max_length=16)
+    trainer = Trainer(model, build_plan(model.hf, model.adapter, _method("full_ft")), config, 0)
+    name = "bert.encoder.layer.1.attention.self.query.weight"
+    whole_before = dict(model.hf.named_parameters())[name].detach().clone()
+    zero_grad_step(trainer)
+    whole_after = dict(model.hf.named_parameters())[name].detach()
+    assert torch.allclose(whole_after, whole_before * (1 - lr * wd), atol=1e-7)
+
+    model = load_task_model(tiny_model_dirs["tiny_bert"], "nusax", max_length=16)
+    plan = build_plan(model.hf, model.adapter, _method("ctsft", train_norms=False), CIRCUIT)
+    trainer = Trainer(model, plan, config, 0)
+    assert trainer.masked is not None
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for ref in trainer.masked.deltas:
+            ref.delta.copy_(0.1 * torch.randn(ref.delta.shape, generator=gen))
+    effective = [(ref, (ref.base() + ref.delta).detach().clone()) for ref in trainer.masked.deltas]
+    frozen_before = {n: p.detach().clone() for n, p in model.hf.named_parameters()}
+    zero_grad_step(trainer)
+    matrices = [(ref, old) for ref, old in effective if ref.original.dim() >= 2]
+    assert matrices and any(ref.name == name for ref, _ in matrices)
+    for ref, old in effective:
+        want = old * (1 - lr * wd) if ref.original.dim() >= 2 else old  # biases are not decayed
+        assert torch.allclose(ref.base() + ref.delta, want, atol=1e-7), ref.name
+    for n, p in model.hf.named_parameters():
+        if "span_deltas" not in n:
+            assert torch.equal(p.detach(), frozen_before[n]), f"frozen {n} moved"
+    trainer.finish()
+    merged = dict(model.hf.named_parameters())[name].detach()
+    span = next(ref for ref, _ in matrices if ref.name == name)
+    rows = merged.narrow(span.dim, span.start, span.stop - span.start)
+    want = next(old for ref, old in matrices if ref is span) * (1 - lr * wd)
+    assert torch.allclose(rows, want, atol=1e-7)
+
+
 def test_frozen_kv_policy_trains_only_q_and_o(tiny_model_dirs: dict[str, Path]) -> None:
     model = load_task_model(tiny_model_dirs["tiny_qwen2"], "nusax")
     plan = build_plan(

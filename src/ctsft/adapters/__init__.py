@@ -5,6 +5,7 @@ from torch import nn
 from ctsft.adapters.base import (
     ArchAdapter,
     AttentionParts,
+    ClassifierHead,
     Geometry,
     LayerParts,
     MLPParts,
@@ -17,6 +18,8 @@ from ctsft.errors import CtsftError
 
 _FAMILIES = {"bert": BertAdapter, "xlm-roberta": BertAdapter, "roberta": BertAdapter}
 _DECODERS = ("llama", "qwen2", "gemma3_text", "gemma3", "mistral")
+#: `config.model_type`s by task-model kind (what a checkpoint of each kind may be).
+MODEL_TYPES = {"encoder": tuple(_FAMILIES), "causal": _DECODERS}
 
 
 def get_adapter(model: nn.Module) -> ArchAdapter:
@@ -36,10 +39,12 @@ __all__ = [
     "ArchAdapter",
     "AttentionParts",
     "BertAdapter",
+    "ClassifierHead",
     "DecoderAdapter",
     "Geometry",
     "LayerParts",
     "MLPParts",
+    "MODEL_TYPES",
     "NormSpec",
     "ParamSlice",
     "apply_rotary",

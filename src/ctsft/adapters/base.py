@@ -100,6 +100,23 @@ class LayerParts:
 
 
 @dataclass(frozen=True)
+class ClassifierHead:
+    """An encoder's task head read at position 0: logits = out(act(pool(h[:, 0]))).
+
+    BERT: `bert.pooler.dense` + tanh, then `classifier`; RoBERTa / XLM-R: `classifier.dense` +
+    tanh, then `classifier.out_proj` (dropout is off in eval mode, so it is not part of the maths).
+    """
+
+    pool: nn.Linear
+    act: nn.Module
+    out: nn.Linear
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        """`pool, act, out = head` (the modules themselves, not copies)."""
+        return iter((self.pool, self.act, self.out))
+
+
+@dataclass(frozen=True)
 class ParamSlice:
     """Rows (dim 0) or columns (dim 1) [start, stop) of a named parameter; a whole 1-D bias slice too."""
 
@@ -153,6 +170,10 @@ class ArchAdapter(ABC):
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The residual stream entering layer 0 `[batch, pos, d_model]`."""
+
+    def classifier_head(self) -> ClassifierHead:
+        """The encoder's pooler + classifier (CD-T reads the class logits through it)."""
+        raise NotImplementedError(f"{self.family} models have no encoder classifier head")
 
     def rotary(self, hidden: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(cos, sin) for positions 0..pos-1 of layer `layer`, or None without rotary embeddings."""

@@ -1,4 +1,9 @@
-"""BERT-style encoders (BERT, multilingual-e5, XLM-R layouts): post-LayerNorm blocks."""
+"""BERT-style encoders (BERT, multilingual-e5, RoBERTa, XLM-R layouts): post-LayerNorm blocks.
+
+BERT and XLM-R share the blocks; they differ in the task head: BERT pools position 0 through
+`bert.pooler` and then `classifier`, RoBERTa / XLM-R have no pooler and a two-layer
+`classifier` (`dense` + tanh, `out_proj`). `classifier_head` hides the difference.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,18 @@ from torch import nn
 from ctsft.adapters.base import (
     ArchAdapter,
     AttentionParts,
+    ClassifierHead,
     Geometry,
     LayerParts,
     MLPParts,
     norm_spec_of,
 )
+from ctsft.errors import CtsftError
 
 
 class BertAdapter(ArchAdapter):
-    """Adapts `BertModel` or any `*ForSequenceClassification` wrapping one (attribute `bert`)."""
+    """Adapts `BertModel`, `RobertaModel`, `XLMRobertaModel` or a `*ForSequenceClassification`
+    wrapping one (attribute `bert` or `roberta`)."""
 
     family = "bert"
 
@@ -76,3 +84,21 @@ class BertAdapter(ArchAdapter):
     ) -> torch.Tensor:
         """Word + position + token-type embeddings after the embedding LayerNorm (all gamma in CD-T)."""
         return self.encoder_model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+
+    def classifier_head(self) -> ClassifierHead:
+        """BERT: pooler dense + tanh, then `classifier`; RoBERTa / XLM-R: `classifier.dense` + tanh,
+        then `classifier.out_proj`."""
+        head = getattr(self.model, "classifier", None)
+        if head is None:
+            raise CtsftError(
+                f"{type(self.model).__name__} has no classifier: load it as a sequence classifier "
+                "(model.kind=encoder)"
+            )
+        if isinstance(head, nn.Linear):
+            pooler = getattr(self.encoder_model, "pooler", None)
+            if pooler is None:
+                raise CtsftError(
+                    f"{type(self.model).__name__} has a linear classifier but no pooler"
+                )
+            return ClassifierHead(pool=pooler.dense, act=pooler.activation, out=head)
+        return ClassifierHead(pool=head.dense, act=nn.Tanh(), out=head.out_proj)

@@ -157,9 +157,9 @@ def mean_baseline(
 
 def save_mu(path: str | Path, mu: torch.Tensor, record: dict[str, Any]) -> None:
     """mu as safetensors plus a JSON provenance sidecar `<path>.json` (both written atomically)."""
+    write_json(sidecar(path), record)  # first: a failure never leaves mu without its record
     with atomic_path(path) as tmp:
         save_file({"mu": mu.contiguous()}, str(tmp), metadata={"shape": json.dumps(list(mu.shape))})
-    write_json(sidecar(path), record)
 
 
 def sidecar(path: str | Path) -> Path:

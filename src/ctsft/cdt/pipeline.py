@@ -44,6 +44,7 @@ def load_proxy_model(cfg: DictConfig, checkpoint: str) -> Any:
         kind=cfg.model.get("kind"),
         max_length=max_length,
         runtime=runtime_from_cfg(cfg),
+        model_name=str(cfg.model.name),
     )
     return model.eval()
 

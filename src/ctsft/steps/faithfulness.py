@@ -11,7 +11,8 @@ import logging
 
 from omegaconf import DictConfig
 
-from ctsft.cdt.baseline import batches, load_mu
+from ctsft.artifacts import read_circuit, read_mu
+from ctsft.cdt.baseline import batches
 from ctsft.cdt.pipeline import (
     CDT_MEMORY_KEYS,
     cdt_engine,
@@ -25,7 +26,7 @@ from ctsft.circuit.selection import random_head_sets
 from ctsft.cli import run_step
 from ctsft.config import require, to_dict
 from ctsft.data import subsample
-from ctsft.io import read_json, write_json
+from ctsft.io import write_json
 from ctsft.provenance import provenance, sha256_file
 from ctsft.runtime import oom_hint
 
@@ -37,9 +38,9 @@ def run(cfg: DictConfig) -> dict:
         cfg, "proxy_checkpoint", "mu", "circuit", "scores", "faithfulness"
     )
     model = load_proxy_model(cfg, checkpoint)
-    mu, meta = load_mu(mu_path)
-    circuit = read_json(circuit_path)
-    table = read_scores(scores_path)
+    mu, meta = read_mu(mu_path, model.adapter.geometry)
+    circuit = read_circuit(circuit_path, model.adapter.geometry)
+    table = read_scores(scores_path, model.adapter.geometry)
     engine = cdt_engine(cfg, model)
     geo = engine.geo
     seed = int(cfg.cdt.seed)

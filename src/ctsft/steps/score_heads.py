@@ -10,7 +10,8 @@ import logging
 
 from omegaconf import DictConfig
 
-from ctsft.cdt.baseline import batches, load_mu
+from ctsft.artifacts import read_mu
+from ctsft.cdt.baseline import batches
 from ctsft.cdt.pipeline import (
     CDT_MEMORY_KEYS,
     cdt_engine,
@@ -35,7 +36,7 @@ def run(cfg: DictConfig) -> dict:
         cfg, "proxy_checkpoint", "mu", "scores", "heatmap"
     )
     model = load_proxy_model(cfg, checkpoint)
-    mu, meta = load_mu(mu_path)
+    mu, meta = read_mu(mu_path, model.adapter.geometry)
     examples, _ = discovery_set(cfg, model, meta)
     engine = cdt_engine(cfg, model)
     kind = str(cfg.cdt.score)

@@ -18,7 +18,6 @@ table in every method (including `full_ft`).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,21 +128,12 @@ def embedding_parameter_names(hf_model: nn.Module) -> list[str]:
     return [n for n, p in hf_model.named_parameters() if p is table]
 
 
-def load_circuit(path: str | Path) -> dict[str, Any]:
-    """The circuit JSON of the CD-T step; a one-line error when missing or malformed."""
-    file = Path(path)
-    if not file.is_file():
-        raise CtsftError(f"circuit file {file} does not exist: run the select_circuit step first")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise CtsftError(
-            f"circuit file {file} is not valid JSON ({err.msg}): re-create it"
-        ) from None
-    for key in ("k", *HEAD_LISTS):
-        if key not in data:
-            raise CtsftError(f"circuit file {file} has no {key!r} entry: re-create it")
-    return data
+def load_circuit(path: str | Path, geometry: Any = None) -> dict[str, Any]:
+    """The circuit JSON of the CD-T step; a one-line error when missing, malformed or (given
+    `geometry`) for another model (see `ctsft.artifacts.read_circuit`)."""
+    from ctsft.artifacts import read_circuit
+
+    return read_circuit(path, geometry)
 
 
 def circuit_heads(

@@ -50,6 +50,7 @@ def load_start_model(cfg: DictConfig, folder: str) -> TaskModel:
         max_length=int(cfg.train.max_length),
         seed=int(cfg.seed),
         runtime=runtime_from_cfg(cfg),
+        model_name=str(cfg.model.name),
     )
 
 

@@ -1,0 +1,448 @@
+"""Validating readers of the artifacts one step hands to the next (one function per artifact).
+
+Each reader either returns a well-formed artifact or raises a one-line `CtsftError` that names
+the file, says what is wrong with it and which rule remakes it (`snakemake --forcerun <rule>`),
+so a truncated, corrupt or mismatched file never becomes a traceback deep inside torch or
+pandas, nor a silently wrong result.
+
+| artifact | rule | reader |
+|---|---|---|
+| `mu.safetensors` + `mu.safetensors.json` | mean_baseline | `read_mu` |
+| `scores.tsv` | score_heads | `read_scores` |
+| `k{k}/circuit.json` | select_circuit | `read_circuit` |
+| `k{k}/faithfulness.json` | faithfulness | `read_faithfulness` |
+| `metrics.json` | evaluate / evaluate_proxy | `read_metrics` |
+| a model folder (base model, theta_1, transferred) | prepare_model / finetune / transfer | `check_checkpoint` |
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ctsft.errors import CtsftError
+
+MU_KEY = "mu"
+CIRCUIT_KEYS = ("k", "circuit", "near_zero", "random")
+FAITHFULNESS_KEYS = ("k", "clean_accuracy", "clean_margin", "circuit", "near_zero", "random")
+ABLATION_KEYS = ("accuracy", "margin_drop")
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+class HeadGeometry(Protocol):
+    """What the readers need of a model (`ctsft.adapters.Geometry` has it)."""
+
+    n_layers: int
+    n_heads: int
+    d_head: int
+
+
+def forcerun(rule: str) -> str:
+    """The advice that ends every artifact error."""
+    return f"rerun with `snakemake --forcerun {rule}`"
+
+
+def _error(what: str, path: Path, problem: str, rule: str) -> CtsftError:
+    return CtsftError(f"{what} {path} {problem}: {forcerun(rule)}")
+
+
+def _missing(what: str, path: Path, rule: str) -> CtsftError:
+    return CtsftError(
+        f"{what} {path} does not exist: run the {rule} rule first (`snakemake --forcerun {rule}`)"
+    )
+
+
+def _json_object(what: str, path: Path, rule: str) -> dict[str, Any]:
+    """A JSON object from `path`, or a one-line error (missing, not UTF-8, not JSON, not an object)."""
+    if not path.is_file():
+        raise _missing(what, path, rule)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise _error(what, path, "is not UTF-8 text (corrupt)", rule) from None
+    except json.JSONDecodeError as err:
+        raise _error(
+            what, path, f"is not valid JSON ({err.msg}, line {err.lineno})", rule
+        ) from None
+    if not isinstance(data, dict):
+        raise _error(what, path, f"holds a JSON {type(data).__name__}, not an object", rule)
+    return data
+
+
+def _safetensors_keys(path: Path) -> tuple[list[str] | None, str]:
+    """(tensor names, "") of a safetensors file, or (None, why) when it is truncated or corrupt.
+
+    Only the header is read (cheap even for a large checkpoint); safetensors checks there that
+    the data the header describes is all in the file, which is what a truncated copy lacks.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return list(handle.keys()), ""
+    except (SafetensorError, OSError, ValueError) as err:
+        return None, (str(err).splitlines()[0] if str(err) else type(err).__name__)
+
+
+# -- mu ------------------------------------------------------------------------------------------
+def mu_sidecar(path: str | Path) -> Path:
+    """`<mu>.json`: the provenance record written next to mu (same convention as `save_mu`)."""
+    return Path(str(path) + ".json")
+
+
+def read_mu(
+    path: str | Path, geometry: HeadGeometry | None = None
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """mu `[layer, head, d_head]` (or `[layer, pos, head, d_head]`) and its sidecar record.
+
+    Checks: both files exist and parse, the tensor is finite, its shape matches the sidecar's
+    record and, given `geometry`, the model (a mu of another model is refused, not broadcast).
+    """
+    what, rule = "mean baseline", "mean_baseline"
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(what, path, rule)
+    keys, why = _safetensors_keys(path)
+    if keys is None:
+        raise _error(what, path, f"is truncated or not a safetensors file ({why})", rule)
+    if MU_KEY not in keys:
+        raise _error(what, path, f"has no tensor {MU_KEY!r} (it holds {keys})", rule)
+    with safe_open(str(path), framework="pt") as handle:
+        mu = handle.get_tensor(MU_KEY)
+    if mu.dim() not in (3, 4):
+        raise _error(what, path, f"has shape {list(mu.shape)}, not [layer, head, d_head]", rule)
+    if not mu.is_floating_point() or not bool(torch.isfinite(mu).all()):
+        raise _error(what, path, "holds NaN or infinite values", rule)
+    record = _json_object("mean baseline record", mu_sidecar(path), rule)
+    recorded = record.get("shape")
+    if recorded is not None and list(recorded) != list(mu.shape):
+        raise _error(
+            what, path, f"has shape {list(mu.shape)} but its record says {list(recorded)}", rule
+        )
+    if geometry is not None:
+        want = (geometry.n_layers, geometry.n_heads, geometry.d_head)
+        got = (mu.shape[0], mu.shape[-2], mu.shape[-1])
+        if got != want:
+            raise _error(
+                what,
+                path,
+                f"is for {got[0]} layers x {got[1]} heads x {got[2]} dims, the model has "
+                f"{want[0]} x {want[1]} x {want[2]} (made on another model)",
+                rule,
+            )
+    return mu, record
+
+
+# -- scores --------------------------------------------------------------------------------------
+def read_scores(path: str | Path, geometry: HeadGeometry | None = None) -> Any:
+    """The head score table (a `pandas.DataFrame`, integer layer/head, finite scores).
+
+    Checks: the columns of `ctsft.cdt.scores.TSV_COLUMNS`, numbers where numbers belong, no NaN,
+    known score kinds, every (layer, head) exactly once, a complete layer x head grid, and given
+    `geometry`, exactly the model's heads.
+    """
+    import pandas as pd
+
+    from ctsft.cdt.scores import SCORE_KINDS, TSV_COLUMNS
+
+    what, rule = "head score table", "score_heads"
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(what, path, rule)
+    try:
+        df = pd.read_csv(path, sep="\t")
+    except pd.errors.EmptyDataError:
+        raise _error(what, path, "is empty", rule) from None
+    except UnicodeDecodeError:
+        raise _error(what, path, "is not UTF-8 text (corrupt)", rule) from None
+    except (pd.errors.ParserError, ValueError) as err:
+        reason = str(err).strip().splitlines()[-1]
+        raise _error(what, path, f"is not a tab-separated table ({reason})", rule) from None
+    missing = [c for c in TSV_COLUMNS if c not in df.columns]
+    if missing:
+        raise _error(
+            what, path, f"lacks column(s) {', '.join(missing)} (has {', '.join(df.columns)})", rule
+        )
+    if df.empty:
+        raise _error(what, path, "has a header but no rows", rule)
+    for column in ("layer", "head", "score", "rank", "n_examples"):
+        values = pd.to_numeric(df[column], errors="coerce")
+        bad = ~np.isfinite(values.to_numpy(dtype=float))  # non-numeric was coerced to NaN
+        if bad.any():
+            row = int(bad.nonzero()[0][0])
+            raise _error(
+                what,
+                path,
+                f"has a missing, NaN or non-numeric {column} in data row {row + 1} "
+                f"({df[column].iloc[row]!r})",
+                rule,
+            )
+        if column != "score" and not bool((values == values.round()).all() and (values >= 0).all()):
+            raise _error(what, path, f"has a {column} that is not a whole number >= 0", rule)
+        df[column] = values.astype(float if column == "score" else int)
+    kinds = set(df["score_kind"].astype(str))
+    if kinds - set(SCORE_KINDS):
+        raise _error(
+            what,
+            path,
+            f"has unknown score_kind {sorted(kinds - set(SCORE_KINDS))} "
+            f"(expected {', '.join(SCORE_KINDS)})",
+            rule,
+        )
+    pairs = list(zip(df["layer"], df["head"], strict=True))
+    if len(set(pairs)) != len(pairs):
+        dup = next(p for p in pairs if pairs.count(p) > 1)
+        raise _error(what, path, f"lists head (layer {dup[0]}, head {dup[1]}) twice", rule)
+    n_layers, n_heads = int(df["layer"].max()) + 1, int(df["head"].max()) + 1
+    if geometry is not None:
+        if (n_layers, n_heads) != (geometry.n_layers, geometry.n_heads) or len(df) != (
+            geometry.n_layers * geometry.n_heads
+        ):
+            raise _error(
+                what,
+                path,
+                f"has {len(df)} heads (up to layer {n_layers - 1}, head {n_heads - 1}), the model "
+                f"has {geometry.n_layers} layers x {geometry.n_heads} heads (scored on another "
+                "model?)",
+                rule,
+            )
+    elif len(df) != n_layers * n_heads:
+        raise _error(
+            what,
+            path,
+            f"has {len(df)} rows, not the {n_layers} x {n_heads} = {n_layers * n_heads} heads of a "
+            "complete layer x head grid",
+            rule,
+        )
+    return df
+
+
+# -- circuit -------------------------------------------------------------------------------------
+def _head_list(value: Any) -> list[tuple[int, int]] | None:
+    """`[[layer, head], ...]` as tuples, or None when it is not a list of integer pairs."""
+    if not isinstance(value, list):
+        return None
+    out = []
+    for item in value:
+        if (
+            not isinstance(item, list | tuple)
+            or len(item) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in item)
+        ):
+            return None
+        out.append((int(item[0]), int(item[1])))
+    return out
+
+
+def read_circuit(path: str | Path, geometry: HeadGeometry | None = None) -> dict[str, Any]:
+    """The circuit JSON of select_circuit: k and the circuit / near_zero / random head lists.
+
+    Checks: valid JSON object with every key, k a positive integer, each list k distinct
+    `[layer, head]` pairs and, given `geometry`, every head inside the model.
+    """
+    what, rule = "circuit file", "select_circuit"
+    path = Path(path)
+    data = _json_object(what, path, rule)
+    missing = [key for key in CIRCUIT_KEYS if key not in data]
+    if missing:
+        raise _error(what, path, f"has no {', '.join(repr(m) for m in missing)} entry", rule)
+    k = data["k"]
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise _error(what, path, f"has k={k!r}, not a positive whole number", rule)
+    for key in CIRCUIT_KEYS[1:]:
+        heads = _head_list(data[key])
+        if heads is None:
+            raise _error(
+                what, path, f"has a {key!r} entry that is not a list of [layer, head]", rule
+            )
+        if len(heads) != k:
+            raise _error(what, path, f"lists {len(heads)} {key!r} heads, but k is {k}", rule)
+        if len(set(heads)) != len(heads):
+            raise _error(what, path, f"repeats a head in {key!r}", rule)
+        if geometry is not None:
+            for layer, head in heads:
+                if layer >= geometry.n_layers or head >= geometry.n_heads:
+                    raise _error(
+                        what,
+                        path,
+                        f"names head ({layer}, {head}) in {key!r}, outside this model "
+                        f"({geometry.n_layers} layers x {geometry.n_heads} heads: selected on "
+                        "another model?)",
+                        rule,
+                    )
+    total = data.get("n_heads_total")
+    if geometry is not None and total is not None and total != geometry.n_layers * geometry.n_heads:
+        raise _error(
+            what,
+            path,
+            f"was selected among {total} heads, this model has "
+            f"{geometry.n_layers * geometry.n_heads}",
+            rule,
+        )
+    return data
+
+
+# -- faithfulness --------------------------------------------------------------------------------
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_faithfulness(path: str | Path) -> dict[str, Any]:
+    """The faithfulness report: clean accuracy/margin, the circuit, NearZero and random ablations."""
+    what, rule = "faithfulness report", "faithfulness"
+    path = Path(path)
+    data = _json_object(what, path, rule)
+    missing = [key for key in FAITHFULNESS_KEYS if key not in data]
+    if missing:
+        raise _error(what, path, f"has no {', '.join(repr(m) for m in missing)} entry", rule)
+    if not _finite_number(data["clean_accuracy"]) or not 0 <= data["clean_accuracy"] <= 1:
+        raise _error(what, path, f"has clean_accuracy {data['clean_accuracy']!r}", rule)
+    sets = [("circuit", data["circuit"]), ("near_zero", data["near_zero"])]
+    if not isinstance(data["random"], list):
+        raise _error(what, path, "has a 'random' entry that is not a list", rule)
+    sets += [(f"random[{i}]", entry) for i, entry in enumerate(data["random"])]
+    for name, entry in sets:
+        if not isinstance(entry, dict) or not all(
+            _finite_number(entry.get(key)) for key in ABLATION_KEYS
+        ):
+            raise _error(
+                what, path, f"has no finite {' and '.join(ABLATION_KEYS)} for {name}", rule
+            )
+    return data
+
+
+# -- metrics -------------------------------------------------------------------------------------
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """A metrics.json of the evaluate step (the proxy's own, `proxy_eval/`, for forgetting)."""
+    path = Path(path)
+    rule = "evaluate_proxy" if path.parent.name == "proxy_eval" else "evaluate"
+    what = "metrics file"
+    data = _json_object(what, path, rule)
+    for key in ("accuracy", "proxy_accuracy"):
+        if key not in data:
+            raise _error(
+                what, path, f"has no {key!r}: not a metrics.json of the evaluate step", rule
+            )
+        if not _finite_number(data[key]) or not 0 <= data[key] <= 1:
+            raise _error(what, path, f"has {key} {data[key]!r}, not a number in [0, 1]", rule)
+    return data
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+def checkpoint_rule(folder: str | Path) -> str:
+    """The rule that writes a model folder: the proxy checkpoint, a transfer, or the base model."""
+    from ctsft.models.task_model import TASK_MODEL_FILE
+
+    path = Path(folder)
+    if path.name == "proxy_checkpoint":
+        return "finetune"
+    if path.name == "checkpoint" or (path / TASK_MODEL_FILE).is_file():
+        return "transfer"
+    return "prepare_model"
+
+
+def _recorded_model(folder: Path, meta: dict[str, Any] | None) -> str | None:
+    """The registered model name a folder was made from (task_model.json or provenance.json)."""
+    if meta:
+        model = ((meta.get("training") or {}).get("config") or {}).get("model")
+        if isinstance(model, dict) and model.get("name"):
+            return str(model["name"])
+    prov = folder / "provenance.json"
+    if prov.is_file():
+        try:
+            name = json.loads(prov.read_text(encoding="utf-8")).get("model")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return None
+        return str(name) if name else None
+    return None
+
+
+def check_checkpoint(
+    folder: str | Path, task: str, kind: str | None = None, model: str | None = None
+) -> str:
+    """Check a model folder before `from_pretrained` sees it; returns the model kind to load.
+
+    Refused with one line each: no folder / config.json, a config.json that is not JSON or has
+    no model_type, missing or truncated weights, a task_model.json that is not JSON, a checkpoint
+    trained on another task, of another kind than `kind` (encoder vs causal: an encoder config
+    would silently put a fresh classifier on a causal LM), an architecture that is not of that
+    kind, or, given `model`, made from another registered model than `model`.
+    """
+    from ctsft.adapters import MODEL_TYPES
+    from ctsft.models.task_model import TASK_MODEL_FILE
+
+    path = Path(folder)
+    rule = checkpoint_rule(path)
+    what = "model folder"
+    if not (path / "config.json").is_file():
+        raise _error(what, path, "is not a model folder (no config.json)", rule)
+    config = _json_object(what + " config", path / "config.json", rule)
+    model_type = config.get("model_type")
+    if not model_type:
+        raise _error(what, path, "has a config.json without model_type", rule)
+    index = path / WEIGHTS_INDEX
+    if index.is_file():
+        shards = sorted(
+            set(_json_object("weights index", index, rule).get("weight_map", {}).values())
+        )
+        weights = [path / name for name in shards]
+    else:
+        weights = [path / WEIGHTS_FILE]
+    for file in weights:
+        if not file.is_file():
+            raise _error(what, path, f"has no {file.name}", rule)
+        keys, why = _safetensors_keys(file)
+        if keys is None:
+            raise CtsftError(
+                f"cannot load model from {path}: {file.name} is truncated or corrupt ({why}); "
+                f"re-create it: {forcerun(rule)}"
+            )
+        if not keys:
+            raise _error("weights", file, "hold no tensor", rule)
+    meta: dict[str, Any] | None = None
+    meta_path = path / TASK_MODEL_FILE
+    if meta_path.is_file():
+        meta = _json_object("checkpoint record", meta_path, rule)
+        for key in ("kind", "task"):
+            if key not in meta:
+                raise _error("checkpoint record", meta_path, f"has no {key!r}", rule)
+        if meta["task"] != task:
+            raise CtsftError(
+                f"checkpoint {path} was trained on {meta['task']}, not {task}: set "
+                f"task={meta['task']} or {forcerun(rule)}"
+            )
+        if kind is not None and meta["kind"] != kind:
+            raise _error(
+                "checkpoint",
+                path,
+                f"was saved as a model of kind {meta['kind']}, but model.kind is {kind} "
+                "(another model's checkpoint?)",
+                rule,
+            )
+        kind = str(meta["kind"])
+    elif kind is None and (path / "provenance.json").is_file():
+        kind = _json_object("model record", path / "provenance.json", rule).get("kind")
+    if kind in MODEL_TYPES and model_type not in MODEL_TYPES[kind]:
+        other = next((k for k, types in MODEL_TYPES.items() if model_type in types), None)
+        family = f"a {other} architecture" if other else "not a supported architecture"
+        raise _error(
+            "model folder",
+            path,
+            f"holds a {model_type} model, {family}, but model.kind is {kind} (wrong model "
+            "folder or model= setting?)",
+            rule,
+        )
+    made_from = _recorded_model(path, meta)
+    if model is not None and made_from is not None and made_from != model:
+        raise CtsftError(
+            f"model folder {path} was made from model {made_from}, not {model}: set "
+            f"model={made_from} or {forcerun(rule)}"
+        )
+    if kind not in ("encoder", "causal"):
+        raise CtsftError(f"model kind must be 'encoder' or 'causal', got {kind!r}")
+    return kind
