@@ -22,6 +22,14 @@ import pandas as pd
 
 from ctsft.errors import CtsftError
 
+#: Per-row predictions on the shared test rows (lists; None in older metrics files).
+PER_ROW = [
+    "predictions",
+    "gold",
+    "proxy_predictions",
+    "proxy_gold",
+    "baseline_proxy_predictions",
+]
 #: Columns every record has (NaN when neither the path nor the file says).
 COLUMNS = [
     "task",
@@ -38,6 +46,8 @@ COLUMNS = [
     "forgetting",
     "pct_params_updated",
     "path",
+    *PER_ROW,
+    "n_labels",
 ]
 METRICS = ["accuracy", "macro_f1", "proxy_accuracy", "forgetting", "pct_params_updated"]
 #: Other names of the same numbers in metrics files.
@@ -105,6 +115,9 @@ def read_record(path: str | Path) -> dict:
     ):
         before = record["proxy_accuracy"] - record["forgetting"]  # forgetting = after - before
     record["proxy_accuracy_before"] = _number(before)
+    for key in PER_ROW:  # per-row predictions (None in metrics files written before they were)
+        record[key] = metrics.get(key)
+    record["n_labels"] = len(metrics.get("labels") or []) or None
     record["k"] = None if record.get("k") in (None, "") else str(record["k"])
     record["path"] = str(path)
     missing = [key for key in ("task", "proxy", "target", "method") if not record.get(key)]

@@ -7,6 +7,11 @@
   and after, and the change (after - before, negative = forgotten), averaged over every target
   and seed.
 
+Every cell carries a 95% bootstrap interval over the test rows (and the seeds or runs), and Tables
+1/2 mark CT-SFT cells that differ from full fine-tuning (†) or from NearZero (‡) on the same rows
+(paired bootstrap, p < 0.05); see `ctsft.report.stats`. Metrics files without per-row
+predictions fall back to mean ± std.
+
     build_tables(["results/quick/nusax/e5_small/ind-jav/ctsft/k0.05/seed0/metrics.json", ...],
                  "results/quick/tables")
 """
@@ -20,17 +25,64 @@ from pathlib import Path
 import pandas as pd
 
 from ctsft.report.records import method_sort_key, read_records
+from ctsft.report.stats import accuracy_interval, macro_f1_interval, paired_difference
 
 TABLE_OF_TASK = {"nusax": "table1_nusax", "xnli": "table2_xnli"}
 TABLE_FORGETTING = "table3_forgetting"
+MARKS = "† / ‡: CT-SFT differs from full_ft / near_zero on the same test rows (paired bootstrap, p < 0.05)"
 TITLES = {
-    "table1_nusax": "Table 1. NusaX-Senti: target-language accuracy / macro-F1 (%), mean ± std over seeds",
-    "table2_xnli": "Table 2. XNLI: target-language accuracy / macro-F1 (%), mean ± std over seeds "
-    "(training pool: the XNLI dev split; evaluation: the test split)",
+    "table1_nusax": "Table 1. NusaX-Senti: target-language accuracy / macro-F1 (%), mean over seeds "
+    f"[95% bootstrap interval]; {MARKS}",
+    "table2_xnli": "Table 2. XNLI: target-language accuracy / macro-F1 (%), mean over seeds "
+    f"[95% bootstrap interval]; {MARKS} (training pool: the XNLI dev split; evaluation: the "
+    "test split)",
     TABLE_FORGETTING: "Table 3. Forgetting: proxy-language test accuracy (%) before and after transfer; "
-    "change = after − before (negative = forgotten)",
+    "change = after − before (negative = forgotten), [95% bootstrap interval, paired for the change]",
 }
 FORMATS = ("csv", "md", "tex")
+ALPHA = 0.05
+CI_COLUMNS = ["accuracy_ci_lo", "accuracy_ci_hi", "macro_f1_ci_lo", "macro_f1_ci_hi"]
+COMPARED = {"full_ft": "p_vs_full_ft", "near_zero": "p_vs_near_zero"}
+
+
+def _per_row(group: pd.DataFrame, column: str, gold: str) -> tuple[list, list] | None:
+    """The runs' per-row predictions and the shared gold labels, or None if not all recorded."""
+    preds = group[column].tolist()
+    golds = group[gold].tolist()
+    if not preds or any(not isinstance(p, list) for p in preds + golds):
+        return None
+    if any(g != golds[0] for g in golds):  # not the same test rows: no paired statistics
+        return None
+    return preds, golds[0]
+
+
+def _task_intervals(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Bootstrap intervals per cell, and CT-SFT's paired tests against full_ft and near_zero."""
+    cells = {
+        key: _per_row(group, "predictions", "gold")
+        for key, group in runs.groupby(keys, sort=False, dropna=False)
+    }
+    n_labels = {key: group["n_labels"].iloc[0] for key, group in runs.groupby(keys, sort=False)}
+    rows = []
+    for key, data in cells.items():
+        row = dict(zip(keys, key, strict=True))
+        if data is not None:
+            preds, gold = data
+            row["accuracy_ci_lo"], row["accuracy_ci_hi"] = accuracy_interval(preds, gold)
+            row["macro_f1_ci_lo"], row["macro_f1_ci_hi"] = macro_f1_interval(
+                preds, gold, int(n_labels[key])
+            )
+            *pair, label = key
+            base, _, suffix = str(label).partition(" ")
+            if base == "ctsft":
+                for other, column in COMPARED.items():
+                    rival = cells.get((*pair, f"{other} {suffix}".strip())) or cells.get(
+                        (*pair, other)
+                    )
+                    if rival is not None and rival[1] == gold:
+                        row[column] = paired_difference(preds, rival[0], gold)["p_value"]
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*keys, *CI_COLUMNS, *COMPARED.values()])
 
 
 def _agg(frame: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
@@ -61,6 +113,8 @@ def task_table(records: pd.DataFrame, task: str) -> pd.DataFrame:
         ["accuracy", "macro_f1", "pct_params_updated", "forgetting"],
     )
     table = table.rename(columns={"n_runs": "n_seeds"}).drop(columns=["pct_params_updated_std"])
+    keys = ["proxy", "target", "label"]
+    table = table.merge(_task_intervals(runs, keys), on=keys, how="left")
     table.insert(0, "task", task)
     return _sorted(table, ["proxy", "target"]).rename(columns={"label": "method"})
 
@@ -73,6 +127,8 @@ def forgetting_table(records: pd.DataFrame) -> pd.DataFrame:
         ["proxy_accuracy_before", "proxy_accuracy", "forgetting"],
     )
     table = table.drop(columns=["proxy_accuracy_before_std"])
+    keys = ["task", "proxy", "label"]
+    table = table.merge(_forgetting_intervals(records, keys), on=keys, how="left")
     table = table.rename(
         columns={
             "proxy_accuracy_before_mean": "proxy_accuracy_before",
@@ -81,6 +137,25 @@ def forgetting_table(records: pd.DataFrame) -> pd.DataFrame:
         }
     )
     return _sorted(table, ["task", "proxy"]).rename(columns={"label": "method"})
+
+
+def _forgetting_intervals(records: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Intervals of the after-transfer proxy accuracy (over runs and rows) and of the change
+    (paired with theta_1's own predictions on the same proxy rows)."""
+    rows = []
+    for key, group in records.groupby(keys, sort=False, dropna=False):
+        row = dict(zip(keys, key, strict=True))
+        data = _per_row(group, "proxy_predictions", "proxy_gold")
+        before = [b for b in group["baseline_proxy_predictions"] if isinstance(b, list)]
+        if data is not None:
+            preds, gold = data
+            row["after_ci_lo"], row["after_ci_hi"] = accuracy_interval(preds, gold)
+            if before and len(before[0]) == len(gold):
+                diff = paired_difference(preds, [before[0]], gold)
+                row["change_ci_lo"], row["change_ci_hi"] = diff["ci_lo"], diff["ci_hi"]
+        rows.append(row)
+    columns = ["after_ci_lo", "after_ci_hi", "change_ci_lo", "change_ci_hi"]
+    return pd.DataFrame(rows, columns=[*keys, *columns])
 
 
 # ---------------------------------------------------------------- formatting
@@ -99,6 +174,25 @@ def _cell(mean: float, std: float, scale: float, digits: int = 1) -> str:
     return text
 
 
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _cell_ci(mean: float, std: float, lo: float, hi: float, scale: float, mark: str = "") -> str:
+    """`mean [lo, hi]` when the interval is known, else `mean ± std`."""
+    if _missing(lo) or _missing(hi) or _missing(mean):
+        return _cell(mean, std, scale) + mark
+    return f"{mean * scale:.1f}{mark} [{lo * scale:.1f}, {hi * scale:.1f}]"
+
+
+def _marks(row: pd.Series) -> str:
+    out = ""
+    for column, mark in (("p_vs_full_ft", "†"), ("p_vs_near_zero", "‡")):
+        if not _missing(row.get(column)) and row[column] < ALPHA:
+            out += mark
+    return out
+
+
 def _params(value: float) -> str:
     if value is None or math.isnan(value):
         return "–"
@@ -113,10 +207,15 @@ def task_display(table: pd.DataFrame) -> pd.DataFrame:
     for (proxy, target), group in table.groupby(["proxy", "target"], sort=False):
         row = {"pair": f"{proxy} → {target}"}
         for _, r in group.iterrows():
-            row[r["method"]] = (
-                f"{_cell(r['accuracy_mean'], r['accuracy_std'], scale)} / "
-                f"{_cell(r['macro_f1_mean'], r['macro_f1_std'], scale)}"
-            )
+            acc = _cell_ci(
+                r["accuracy_mean"], r["accuracy_std"], r.get("accuracy_ci_lo"),
+                r.get("accuracy_ci_hi"), scale, _marks(r),
+            )  # fmt: skip
+            f1 = _cell_ci(
+                r["macro_f1_mean"], r["macro_f1_std"], r.get("macro_f1_ci_lo"),
+                r.get("macro_f1_ci_hi"), scale,
+            )  # fmt: skip
+            row[r["method"]] = f"{acc} / {f1}"
         rows.append(row)
     means = table.groupby("method")[
         ["accuracy_mean", "macro_f1_mean", "pct_params_updated_mean"]
@@ -150,16 +249,18 @@ def forgetting_display(table: pd.DataFrame) -> pd.DataFrame:
             "runs": table["n_runs"],
             "before": [_cell(v, None, scale) for v in table["proxy_accuracy_before"]],
             "after": [
-                _cell(m, s, scale)
-                for m, s in zip(
-                    table["proxy_accuracy_after_mean"],
-                    table["proxy_accuracy_after_std"],
-                    strict=True,
+                _cell_ci(
+                    r.proxy_accuracy_after_mean,
+                    r.proxy_accuracy_after_std,
+                    r.after_ci_lo,
+                    r.after_ci_hi,
+                    scale,
                 )
-            ],
+                for r in table.itertuples()
+            ],  # fmt: skip
             "change": [
-                _cell(m, s, scale)
-                for m, s in zip(table["forgetting_mean"], table["forgetting_std"], strict=True)
+                _cell_ci(r.forgetting_mean, r.forgetting_std, r.change_ci_lo, r.change_ci_hi, scale)
+                for r in table.itertuples()
             ],
         }
     )

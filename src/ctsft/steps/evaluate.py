@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from ctsft.artifacts import read_metrics
 from ctsft.cli import run_step
 from ctsft.config import require, task_spec, to_dict
 from ctsft.data import data_checksum, load_split, subsample
@@ -26,6 +27,8 @@ from ctsft.io import read_json, write_json
 from ctsft.models import load_task_model
 from ctsft.models.task_model import TASK_MODEL_FILE
 from ctsft.provenance import provenance, sha256_file
+from ctsft.runtime import oom_hint, runtime_from_cfg
+from ctsft.tracking import log_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +47,17 @@ def _baseline_accuracy(path: str | None) -> float | None:
         raise CtsftError(
             f"baseline metrics {file} does not exist: evaluate the proxy checkpoint first"
         )
-    value = read_json(file).get("proxy_accuracy")
+    value = read_metrics(file).get("proxy_accuracy")
     if value is None:
         raise CtsftError(
             f"{file} has no proxy_accuracy: it is not a metrics.json of the evaluate step"
         )
     return float(value)
+
+
+def _baseline_predictions(path: str | None) -> list[int] | None:
+    """theta_1's per-row proxy predictions (the "before" of forgetting), when recorded."""
+    return read_metrics(Path(path)).get("proxy_predictions") if path else None
 
 
 def run(cfg: DictConfig) -> dict:
@@ -58,25 +66,30 @@ def run(cfg: DictConfig) -> dict:
     checkpoint, metrics_path = require(cfg, "checkpoint", "metrics")
     spec = task_spec(cfg)
     model = load_task_model(
-        checkpoint, spec, kind=str(cfg.model.kind), max_length=int(cfg.train.max_length)
+        checkpoint,
+        spec,
+        kind=str(cfg.model.kind),
+        max_length=int(cfg.train.max_length),
+        runtime=runtime_from_cfg(cfg),
+        model_name=str(cfg.model.name),
     )
-    meta = (
-        read_json(Path(checkpoint) / TASK_MODEL_FILE)
-        if (Path(checkpoint) / TASK_MODEL_FILE).is_file()
-        else {}
-    )
-    training = meta.get("training", {})
+    meta_file = Path(checkpoint) / TASK_MODEL_FILE
+    training = read_json(meta_file).get("training") if meta_file.is_file() else None
+    if not training:  # a base model folder, or a copy without its record: no method, no % updated
+        rerun = "finetune" if str(cfg.method.name) == "zero_shot" else "transfer"
+        raise CtsftError(f"{checkpoint} has no training record ({TASK_MODEL_FILE}): not a finished checkpoint; rerun the {rerun} (snakemake <its metrics.json> --forcerun {rerun})")  # fmt: skip
     loaded = time.perf_counter()
     batch = int(cfg.train.eval_batch_size)
     target_rows = _test_rows(cfg, str(cfg.target))
-    target = classification_metrics(*reversed(predict(model, target_rows, batch)), spec.label_names)
-    target_done = time.perf_counter()
-    if str(cfg.proxy) == str(cfg.target):
-        proxy = target
-    else:
-        proxy = classification_metrics(
-            *reversed(predict(model, _test_rows(cfg, str(cfg.proxy)), batch)), spec.label_names
-        )
+    with oom_hint("train.eval_batch_size"):
+        target_preds, target_gold = predict(model, target_rows, batch)
+        target = classification_metrics(target_gold, target_preds, spec.label_names)
+        target_done = time.perf_counter()
+        if str(cfg.proxy) == str(cfg.target):
+            proxy, proxy_preds, proxy_gold = target, target_preds, target_gold
+        else:
+            proxy_preds, proxy_gold = predict(model, _test_rows(cfg, str(cfg.proxy)), batch)
+            proxy = classification_metrics(proxy_gold, proxy_preds, spec.label_names)
     proxy_done = time.perf_counter()
     method = str(cfg.method.name)
     total = sum(p.numel() for p in model.hf.parameters())
@@ -121,9 +134,20 @@ def run(cfg: DictConfig) -> dict:
             "total_s": time.perf_counter() - started,
             "finished_at": prov.pop("created"),
         },
+        # per-row predictions on the (shared, EVAL_SEED) test rows: the tables' bootstrap
+        # intervals and paired tests resample these rows
+        "test_ids": [str(row["id"]) for row in target_rows],
+        "predictions": target_preds.tolist(),
+        "gold": target_gold.tolist(),
+        "proxy_predictions": proxy_preds.tolist(),
+        "proxy_gold": proxy_gold.tolist(),
+        "baseline_proxy_predictions": _baseline_predictions(cfg.io.get("baseline_metrics")),
         "provenance": prov,
     }
     write_json(metrics_path, metrics)
+    log_evaluation(
+        to_dict(cfg.wandb) if "wandb" in cfg else None, metrics, Path(metrics_path).parent
+    )
     log.info(
         "%s %s->%s: accuracy %.4f, macro-F1 %.4f, proxy accuracy %.4f",
         method, cfg.proxy, cfg.target, metrics["accuracy"], metrics["macro_f1"], metrics["proxy_accuracy"],
