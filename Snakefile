@@ -4,7 +4,9 @@
 #   snakemake --cores 2 --configfile config/quick.yaml    # the quick offline CPU run
 #
 # Rules live in workflow/rules/, their steps in src/ctsft/steps/ (one Hydra entry point each).
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from ctsft.workflow_config import validate_config
 
 min_version("9.0")
 
@@ -12,7 +14,7 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 
 
 report: "workflow/report/workflow.rst"
@@ -37,8 +39,11 @@ wildcard_constraints:
     k=_alternatives(KS),
 
 
+# Run on the submit host under a cluster executor: cheap steps, and prepare_model, which may
+# download a hub model (compute nodes often have no internet).
 localrules:
     all,
+    prepare_model,
     tables,
     figures,
 

@@ -13,6 +13,7 @@ import csv
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -230,6 +231,38 @@ def test_a_typo_stops_snakemake_before_any_job(tmp_path):
     assert "seedz" in out and "Additional properties are not allowed" in out
 
 
+# ---------------------------------------------------------------- report
+def assert_clean_report(report: Path) -> None:
+    """A built report.html without docutils complaints (e.g. an undefined |substitution|)."""
+    html = report.read_text(errors="replace")
+    assert "System Message" not in html, re.findall(r"System Message[^<]{0,200}", html)[:3]
+
+
+def test_report_front_page_has_no_system_messages(tmp_path):
+    """The report of the tiny config, built over placeholder outputs (the captions are the same)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = tmp_path / "results"
+    for name in ("table1_nusax", "table3_forgetting"):
+        for fmt in ("csv", "md", "tex"):
+            (results / "tables").mkdir(parents=True, exist_ok=True)
+            (results / "tables" / f"{name}.{fmt}").write_text("method,accuracy\nctsft,0.5\n")
+    figures = [
+        results / "figures" / f"{n}.png" for n in ("accuracy_vs_params", "forgetting", "tradeoff")
+    ]
+    for png in [*figures, results / "nusax/tiny_bert/ind/heatmap.png"]:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        plt.figure(figsize=(1, 1))
+        plt.savefig(png)
+        plt.close()
+    report = tmp_path / "report.html"
+    snakemake(*tiny_args(results), "--report", str(report))
+    assert_clean_report(report)
+
+
 # ---------------------------------------------------------------- end to end
 def missing_steps() -> list[str]:
     return [s for s in STEPS if importlib.util.find_spec(f"ctsft.steps.{s}") is None]
@@ -251,7 +284,7 @@ def csv_rows(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end(tmp_path):
+def test_tiny_end_to_end(tmp_path, monkeypatch):
     missing = missing_steps()
     if missing:
         pytest.skip(f"workflow steps not implemented yet: {', '.join(missing)}")
@@ -280,6 +313,20 @@ def test_tiny_end_to_end(tmp_path):
     again = snakemake("--cores", "2", *tiny_args(results))
     assert "Nothing to be done" in again.stdout + again.stderr
     assert time.monotonic() - started < 15
+
+    # ... its report has no docutils system messages
+    snakemake(*tiny_args(results), "--report", str(tmp_path / "report.html"))
+    assert_clean_report(tmp_path / "report.html")
+
+    # ... and moving the data ($CTSFT_DATA_ROOT, a data.root param of every data step) reruns
+    # every job that reads data, but not the model preparation
+    moved = tmp_path / "data"
+    shutil.copytree(REPO.parent / "shared" / "data" / "nusax", moved / "nusax")
+    monkeypatch.setenv("CTSFT_DATA_ROOT", str(moved))
+    counts = plan(*tiny_args(results))
+    assert counts["finetune"] == 1 and counts["transfer"] == len(targets) * 3, counts
+    assert counts["evaluate"] == len(targets) * len(methods) and "prepare_model" not in counts
+    monkeypatch.delenv("CTSFT_DATA_ROOT")
 
     # 3. changing only ctsft's training settings reruns only ctsft and what depends on it
     edited = copy.deepcopy(cfg)

@@ -18,13 +18,22 @@ import re
 from pathlib import Path
 
 from ctsft.data.tasks import TASKS
+from ctsft.workflow_config import (
+    check_config,
+    hydra_quote,
+    model_slug,
+    resolve_data_root,
+)
 
 R = config["results_dir"].rstrip("/")
 M = config["models_dir"].rstrip("/")
-MODEL = config["model"]
+# MODEL_ID: a name of config/hydra/model/ or hub:<org>/<name>; MODEL: its path component (the
+# {model} wildcard), hub--<org>--<name> for a hub model (a path component cannot hold `/`).
+MODEL_ID = config["model"]
+MODEL = model_slug(MODEL_ID)
 SEEDS = [int(s) for s in config["seeds"]]
 PROXY_SEED = int(config["proxy_seed"])
-KS = [str(k) for k in config["k"]]
+KS = [str(k) for k in config["ks"]]
 METHODS = {spec["name"]: spec for spec in config["methods"]}
 TASKS_RUN = sorted({exp["task"] for exp in config["experiments"]})
 WANDB = config["wandb"]
@@ -34,19 +43,10 @@ GPUS_PER_JOB = int(config.get("gpus_per_job", 1))
 
 
 def _check_config():
-    """What the schema cannot say: names and grid entries must be unique."""
-    names = [spec["name"] for spec in config["methods"]]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(
-            f"config: method names must be unique, repeated: {', '.join(dupes)}"
-        )
-    seen = [(exp["task"], exp["proxy"]) for exp in config["experiments"]]
-    dupes = sorted({f"{t}/{p}" for t, p in seen if seen.count((t, p)) > 1})
-    if dupes:
-        raise ValueError(
-            f"config: one experiments entry per task and proxy, repeated: {', '.join(dupes)}"
-        )
+    """What the schema cannot say (ctsft.workflow_config.check_config): unique names, targets
+    other than the proxy, method variants that name their method and the circuit it needs.
+    """
+    check_config(config)
 
 
 _check_config()
@@ -64,11 +64,14 @@ def _alternatives(values):
 
 
 def targets_of(experiment):
-    """Target languages of one experiment (`all`: every language of the task but the proxy)."""
+    """Target languages of one experiment (`all`: every language of the task but the proxy;
+    an explicit list naming the proxy was rejected by the config check)."""
     targets = experiment.get("targets", "all")
     if targets == "all":
-        targets = TASKS[experiment["task"]].languages
-    return [t for t in targets if t != experiment["proxy"]]
+        return [
+            t for t in TASKS[experiment["task"]].languages if t != experiment["proxy"]
+        ]
+    return list(targets)
 
 
 def variants():
@@ -231,11 +234,25 @@ def evaluated_checkpoint(wildcards):
 
 
 # ---------------------------------------------------------------- Hydra overrides (params)
+# The data folder the steps read, resolved now (config data_root, else $CTSFT_DATA_ROOT, else
+# ../shared/data) and passed to every step as data.root: a params change, so pointing it
+# elsewhere reruns every job that reads data.
+DATA_ROOT = resolve_data_root(config.get("data_root"))
+
+
+def model_override(wildcards):
+    """`model=<name>` of the {model} wildcard (closed over MODEL): the config's model itself, as
+    the path holds only its slug (ctsft.config.compose reads model=hub:<org>/<name>)."""
+    return f"model={MODEL_ID}"
+
+
 def _common(wildcards, step, rule):
     """Overrides every step gets: task, model, data root, wandb grouping, per-step extras."""
-    overrides = [f"task={wildcards.task}", f"model={wildcards.model}"]
-    if config.get("data_root"):
-        overrides.append(f"data.root={config['data_root']}")
+    overrides = [
+        f"task={wildcards.task}",
+        model_override(wildcards),
+        f"data.root={hydra_quote(DATA_ROOT)}",
+    ]
     # wandb run name: the wildcards, e.g. task-nusax_model-e5_small_proxy-ind_..._variant-ctsft-k0.05
     name = re.sub(r"[^\w.-]+", "-", "_".join(f"{k}-{v}" for k, v in wildcards.items()))
     overrides += [
@@ -252,7 +269,7 @@ def _common(wildcards, step, rule):
 def overrides_model(wildcards):
     extras = config.get("hydra_overrides", {})
     return (
-        [f"model={wildcards.model}"]
+        [model_override(wildcards)]
         + list(extras.get("all", []))
         + list(extras.get("prepare_model", []))
     )

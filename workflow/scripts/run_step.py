@@ -10,23 +10,16 @@ which the log file records on its first line, so any job can be rerun by hand.
 
 import importlib
 import logging
-import re
 import shlex
 import sys
 import traceback
 
+from ctsft.cli import resource_message, setup
 from ctsft.config import compose
 from ctsft.errors import CtsftError
+from ctsft.workflow_config import hydra_quote
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
-
-
-def hydra_quote(value: str) -> str:
-    """A Hydra override value that is read as this exact string (paths may hold `,` `=` or spaces)."""
-    value = str(value)
-    if re.fullmatch(r"[\w./+-]+", value) and not re.fullmatch(r"[\d.+-]+|true|false|null", value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def io_overrides(named: dict[str, str]) -> list[str]:
@@ -41,6 +34,23 @@ def build_overrides() -> tuple[str, list[str]]:
     overrides += io_overrides(dict(snakemake.output.items()))
     overrides.append(f"threads={snakemake.threads}")
     return step, overrides
+
+
+def _fault(err: Exception, step: str, log_file) -> int:
+    """Traceback to the log; one line on stderr: the resource fault (disk full, read-only,
+    permission, out of memory, see ctsft.cli.resource_message) or where the traceback is."""
+    traceback.print_exc(file=log_file)
+    message = resource_message(err)
+    if message is None:
+        print(
+            f"error: step {step} failed, traceback in {snakemake.log[0]}",
+            file=sys.__stderr__,
+            flush=True,
+        )
+        return 1
+    print(f"error: {message}", file=log_file, flush=True)
+    print(f"error: {message} (log: {snakemake.log[0]})", file=sys.__stderr__, flush=True)
+    return 2
 
 
 def main() -> int:
@@ -58,22 +68,14 @@ def main() -> int:
         try:
             module = importlib.import_module(f"ctsft.steps.{step}")
             cfg = compose(overrides)
-            from ctsft.cli import setup
-
             setup(cfg)
             module.run(cfg)
         except CtsftError as err:
             print(f"error: {err}", file=log_file, flush=True)
             print(f"error: {err} (log: {snakemake.log[0]})", file=sys.__stderr__, flush=True)
             return 2
-        except Exception:
-            traceback.print_exc(file=log_file)
-            print(
-                f"error: step {step} failed, traceback in {snakemake.log[0]}",
-                file=sys.__stderr__,
-                flush=True,
-            )
-            return 1
+        except Exception as err:  # a resource fault as one line; anything else: its traceback
+            return _fault(err, step, log_file)
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     return 0

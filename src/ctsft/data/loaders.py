@@ -14,11 +14,9 @@ from pathlib import Path
 
 import datasets
 
-from ctsft.data.tasks import XNLI_VALID_EVERY, TaskSpec, get_task
+from ctsft.data.tasks import DATA_ROOT_ENV, XNLI_VALID_EVERY, TaskSpec, get_task
 from ctsft.errors import CtsftError
 from ctsft.provenance import REPO_ROOT, sha256_file
-
-DATA_ROOT_ENV = "CTSFT_DATA_ROOT"
 
 
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:

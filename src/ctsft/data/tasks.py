@@ -82,6 +82,8 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (NUSAX, XNLI)}
 
 #: XNLI dev rows whose parallel index satisfies this go to the validation role, the rest to train.
 XNLI_VALID_EVERY = 10
+#: The environment variable naming the data folder (when the config has no data.root).
+DATA_ROOT_ENV = "CTSFT_DATA_ROOT"
 
 
 def get_task(name: str) -> TaskSpec:

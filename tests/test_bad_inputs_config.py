@@ -1,0 +1,576 @@
+"""Bad input at the config and command level: each gives one line naming the key or file and what
+to do, and leaves nothing half-written behind.
+
+Config check and schema (ctsft.workflow_config, what the Snakefile and common.smk call), values
+checked when a step's config is composed (ctsft.config), the step CLI (`--help`, resource faults
+in ctsft.cli and workflow/scripts/run_step.py), a checkpoint without its training record, the data
+root and `model=hub:<org>/<name>`.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import importlib
+import json
+import os
+import re
+import runpy
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ctsft import workflow_config as wc
+from ctsft.cli import OOM_HINT, run_step
+from ctsft.config import compose
+from ctsft.errors import CtsftError
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+STEPS = sorted(
+    p.stem for p in (REPO / "src" / "ctsft" / "steps").glob("*.py") if p.stem != "__init__"
+)
+
+
+def quick() -> dict:
+    return yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+
+
+def config_error(cfg: dict, schema_only: bool = False) -> str:
+    """The one-line message of the Snakefile's schema check, then common.smk's config check."""
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError) as err:
+        wc.validate_config(cfg, SCHEMA)  # casts and fills in the defaults, as in the Snakefile
+        if not schema_only:
+            wc.check_config(cfg)
+    message = str(err.value)
+    assert "\n" not in message.strip(), message
+    assert "is not valid under any of the given schemas" not in message
+    return message
+
+
+def dry_run(tmp_path: Path, *config: str, configfile: str = "config/tiny.yaml"):
+    return subprocess.run(
+        [SNAKEMAKE, "-n", "--configfile", configfile, "--config",
+         f"results_dir={tmp_path}/r", f"models_dir={tmp_path}/m", *config],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HTTPS_PROXY": "http://127.0.0.1:9"},
+    )  # fmt: skip
+
+
+def assert_nothing_written(tmp_path: Path) -> None:
+    assert not (tmp_path / "r").exists() and not (tmp_path / "m").exists()
+
+
+# ---------------------------------------------------------------- config check (common.smk)
+def test_a_target_equal_to_its_proxy_is_rejected():
+    cfg = quick()
+    cfg["experiments"] = [{"task": "nusax", "proxy": "ind", "targets": ["jav", "ind"]}]
+    assert config_error(cfg) == (
+        "config: experiments[0] (nusax, proxy ind): target ind is the proxy itself; remove it "
+        "from targets (targets: all means every language but the proxy)"
+    )
+
+
+def test_targets_all_still_means_every_language_but_the_proxy(tmp_path):
+    proc = dry_run(
+        tmp_path, "experiments=[{task: nusax, proxy: ind, targets: all}]", "--quiet", "rules"
+    )
+    assert proc.returncode == 0, proc.stderr
+    transfers = re.search(r"^transfer\s+(\d+)$", proc.stdout + proc.stderr, re.M)
+    assert transfers and int(transfers.group(1)) == 11 * 3  # 11 targets x full_ft, ctsft, near_zero
+
+
+def test_target_equal_to_proxy_stops_snakemake_before_any_job(tmp_path):
+    proc = dry_run(tmp_path, "experiments=[{task: nusax, proxy: ind, targets: [ind]}]")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "config: experiments[0] (nusax, proxy ind): target ind is the proxy itself" in out
+    assert len(out.strip().splitlines()) < 10, out
+    assert_nothing_written(tmp_path)
+
+
+def test_an_unknown_target_language_is_rejected():
+    cfg = quick()
+    cfg["experiments"][0]["targets"] = ["jav", "xx"]
+    with pytest.raises(
+        Exception, match="experiments\\[0\\].targets\\[1\\] is 'xx', expected one of ace"
+    ):
+        wc.validate_config(cfg, SCHEMA)
+    # and the config check says it too, should the schema ever be loosened
+    cfg["experiments"][0]["targets"] = ["jav", "xx"]
+    with pytest.raises(Exception, match="unknown target xx, choose from ace, ban"):
+        wc.check_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (
+            {"name": "mine", "overrides": ["train.lr=1e-4"]},
+            "config: method variant 'mine' has no method=<ctsft|full_ft|lora|near_zero|"
+            "random_heads|zero_shot> in its overrides: add one",
+        ),
+        (
+            {"name": "mine", "overrides": ["method=ctsf"]},
+            "config: method variant 'mine': unknown method=ctsf, choose one of ctsft, full_ft, "
+            "lora, near_zero, random_heads, zero_shot",
+        ),
+        (
+            {"name": "full", "circuit": True, "overrides": ["method=full_ft"]},
+            "config: method variant 'full' (method=full_ft) reads no circuit: drop circuit: true",
+        ),
+        (
+            {"name": "zs", "overrides": ["method=zero_shot"]},
+            "config: method variant 'zs' (method=zero_shot): add transfer: false",
+        ),
+        (
+            {"name": "ft", "transfer": False, "overrides": ["method=full_ft"]},
+            "config: method variant 'ft' (method=full_ft): drop transfer: false (only zero_shot "
+            "has no transfer)",
+        ),
+    ],
+    ids=["no-method", "unknown-method", "circuit-without-use", "zero-shot-transfer", "no-transfer"],
+)
+def test_incomplete_method_variants_are_rejected(spec, message):
+    cfg = quick()
+    cfg["methods"] = [spec]
+    assert config_error(cfg) == message
+
+
+@pytest.mark.parametrize("method", ["ctsft", "near_zero", "random_heads", "lora"])
+def test_a_head_method_without_circuit_true_is_rejected(method):
+    cfg = quick()
+    cfg["methods"] = [{"name": "mine", "overrides": [f"method={method}"]}]
+    assert config_error(cfg) == (
+        f"config: method variant 'mine' (method={method}) trains selected heads or matches "
+        "their budget: add circuit: true"
+    )
+
+
+def test_lora_with_its_own_rank_needs_no_circuit():
+    cfg = quick()
+    cfg["methods"] = [{"name": "lora8", "overrides": ["method=lora", "method.rank=8"]}]
+    wc.validate_config(cfg, SCHEMA)
+    wc.check_config(cfg)
+
+
+def test_the_circuit_methods_follow_the_training_code():
+    from ctsft.train.methods import HEAD_METHODS, METHODS
+
+    assert set(wc.CIRCUIT_METHODS) == {*HEAD_METHODS, "lora"}
+    assert set(wc.method_names()) == set(METHODS)
+
+
+def test_repeated_method_names_and_unknown_models_are_rejected():
+    cfg = quick()
+    cfg["methods"].append(dict(cfg["methods"][0]))
+    assert config_error(cfg) == "config: method names must be unique, repeated: zero_shot"
+    cfg = quick()
+    cfg["model"] = "e5_smal"
+    assert config_error(cfg).startswith("config: unknown model 'e5_smal': choose one of e5_small")
+    cfg["model"] = "hub:Qwen"
+    assert config_error(cfg) == "config: model 'hub:Qwen': a hub model is hub:<org>/<name>"
+
+
+# ---------------------------------------------------------------- schema (Snakefile)
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda c: c["experiments"][0].update(proxy="klingon"),
+            "config: experiments[0].proxy is 'klingon', expected one of ace, ban, bbc, bjn, bug, "
+            "eng, ind, jav, mad, min, nij, sun",
+        ),
+        (
+            lambda c: c["experiments"][0].update(targets="jav"),
+            "config: experiments[0].targets is 'jav', expected 'all' or a list of strings with "
+            "at least 1 item(s)",
+        ),
+        (
+            lambda c: c["wandb"].update(mode="onlin"),
+            "config: wandb.mode is 'onlin', expected one of disabled, offline, online",
+        ),
+        (lambda c: c.update(seeds="0"), "config: seeds is '0', expected a list of integers >= 0 with at least 1 item(s)"),
+        (lambda c: c.update(seeds=[-1]), "config: seeds[0] is -1, expected an integer >= 0"),
+        (lambda c: c.update(ks=[0]), "config: ks[0] is 0, expected a number > 0"),
+        (lambda c: c.update(threads=0), "config: threads is 0, expected an integer >= 1"),
+        (
+            lambda c: c["methods"][0].update(circuit="maybe"),
+            "config: methods[0].circuit is 'maybe', expected a boolean",
+        ),
+        (
+            lambda c: c["hydra_overrides"].update(finetune=["trainlr"]),
+            "config: hydra_overrides.finetune[0] is 'trainlr', expected a Hydra override key=value",
+        ),
+        (
+            lambda c: c.update(k=c.pop("ks")),
+            "config: the key k was renamed ks (Snakemake's --config cannot set one-letter keys): "
+            "write ks: [0.05]",
+        ),
+    ],
+    ids=["enum", "one-of", "nested-enum", "type", "minimum", "exclusive-minimum", "threads",
+         "boolean", "pattern", "old-key-k"],
+)  # fmt: skip
+def test_schema_errors_are_one_line_naming_key_and_allowed_values(mutate, message):
+    cfg = quick()
+    cfg["wandb"] = dict(cfg["wandb"])
+    mutate(cfg)
+    assert config_error(cfg, schema_only=True) == message
+
+
+def test_a_typo_names_the_allowed_keys():
+    cfg = quick()
+    cfg["seedz"] = cfg.pop("seeds")
+    message = config_error(cfg, schema_only=True)
+    assert message.startswith(
+        "config: Additional properties are not allowed ('seedz' was unexpected) at the top "
+        "level; allowed keys: data_root, experiments,"
+    )
+    assert "seeds" in message
+
+
+def test_command_line_list_items_are_read_as_the_schema_types():
+    cfg = quick()
+    # what `--config 'seeds=[0,1]' 'ks=[5,0.1]' 'methods=[{..., circuit: true}]'` gives
+    cfg.update(seeds=["0", "1"], ks=["5", "0.1"], proxy_seed="1")
+    cfg["methods"] = [{"name": "c", "circuit": "true", "overrides": ["method=ctsft"]}]
+    cfg["experiments"] = [{"task": "nusax", "proxy": "ind", "targets": ["jav"]}]
+    wc.validate_config(cfg, SCHEMA)
+    assert cfg["seeds"] == [0, 1] and cfg["ks"] == [5, 0.1] and cfg["proxy_seed"] == 1
+    assert cfg["methods"][0]["circuit"] is True and cfg["experiments"][0]["targets"] == ["jav"]
+
+
+def test_a_schema_error_in_snakemake_is_short(tmp_path):
+    proc = dry_run(tmp_path, "wandb={mode: onlin}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "config: wandb.mode is 'onlin', expected one of disabled, offline, online" in out
+    assert len(out.strip().splitlines()) < 10, out
+    assert_nothing_written(tmp_path)
+
+
+# ---------------------------------------------------------------- values checked at compose time
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=0", "bad config value train.lr=0: expected a number > 0"),
+        ("train.lr=fast", "bad config value train.lr='fast': expected a number > 0"),
+        ("train.epochs=-1", "bad config value train.epochs=-1: expected an integer >= 0"),
+        ("train.batch_size=0", "bad config value train.batch_size=0: expected an integer >= 1"),
+        ("train.eval_batch_size=0", "bad config value train.eval_batch_size=0: expected an integer >= 1"),
+        ("train.max_length=1", "bad config value train.max_length=1: expected an integer >= 2"),
+        ("train.schedule=cosin", "bad config value train.schedule='cosin': expected one of linear, constant, cosine"),
+        ("train.warmup_ratio=1.5", "bad config value train.warmup_ratio=1.5: expected a number in [0, 1]"),
+        ("cdt.k=0", "bad config value cdt.k=0: expected a head count (an integer >= 1) or a fraction in (0, 1]"),
+        ("cdt.k=1.5", "bad config value cdt.k=1.5: expected a head count (an integer >= 1) or a fraction in (0, 1]"),
+        ("cdt.n_per_label=0", "bad config value cdt.n_per_label=0: expected an integer >= 1"),
+        ("cdt.head_batch=0", "bad config value cdt.head_batch=0: expected an integer >= 1"),
+        ("cdt.batch_size=0", "bad config value cdt.batch_size=0: expected an integer >= 1"),
+        ("cdt.score=margin", "bad config value cdt.score='margin': expected one of directional, cdt_ratio, ablation"),
+        ("cdt.convention=authors", "bad config value cdt.convention='authors': expected one of reference, simple"),
+        ("cdt.pooling=mean", "bad config value cdt.pooling='mean': expected one of all, last, first, position"),
+        ("task.eval_size=-5", "bad config value task.eval_size=-5: expected null or an integer >= 0"),
+        ("task.train_size=-1", "bad config value task.train_size=-1: expected null or an integer >= 0"),
+    ],
+)  # fmt: skip
+def test_out_of_range_values_fail_when_composed(override, message):
+    with pytest.raises(CtsftError) as err:
+        compose([override])
+    assert str(err.value) == message
+
+
+def test_in_range_values_compose():
+    cfg = compose(
+        ["train.lr=1e-4", "cdt.k=5", "cdt.k=0.05", "task.eval_size=null", "train.epochs=0"]
+    )
+    assert cfg.train.lr == 1e-4 and cfg.cdt.k == 0.05 and cfg.task.eval_size is None
+
+
+def test_the_allowed_values_follow_the_code_that_reads_them():
+    from ctsft import config
+    from ctsft.cdt.baseline import POOLINGS
+    from ctsft.cdt.rules import CDTOptions
+    from ctsft.cdt.scores import SCORE_KINDS
+    from ctsft.train.loop import _SCHEDULES
+
+    assert config.SCHEDULES == tuple(_SCHEDULES) and config.SCORES == SCORE_KINDS
+    assert config.POOLINGS == POOLINGS
+    for convention in config.CONVENTIONS:
+        CDTOptions(convention=convention)
+    with pytest.raises(ValueError):
+        CDTOptions(convention="other")
+
+
+def test_a_bad_value_on_the_step_command_line_is_one_line(capsys):
+    from ctsft.steps import select_circuit
+
+    assert run_step(select_circuit.run, ["cdt.k=-1", "io.scores=x", "io.circuit=y"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: bad config value cdt.k=-1: expected a head count (an integer >= 1) or a "
+        "fraction in (0, 1]\n"
+    )
+
+
+# ---------------------------------------------------------------- hub models
+def test_a_hub_model_composes():
+    cfg = compose(["model=hub:Qwen/Qwen2.5-0.5B", "task=xnli"])
+    assert cfg.model.name == "hub:Qwen/Qwen2.5-0.5B" and cfg.model.kind == "causal"
+    from ctsft.models import get_model_spec
+
+    spec = get_model_spec(cfg.model.name)
+    assert spec.source == "hub" and spec.hub_id == "Qwen/Qwen2.5-0.5B" and not spec.offline
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model=hub", "model=hub needs a hub id: pass model=hub:<org>/<name>"),
+        ("model=hub:Qwen", "model 'hub:Qwen': a hub model is hub:<org>/<name>"),
+    ],
+)
+def test_a_malformed_hub_model_is_one_line(override, message):
+    with pytest.raises(CtsftError) as err:
+        compose([override])
+    assert str(err.value) == message
+
+
+def test_print_config_of_a_hub_model():
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctsft.steps.finetune", "model=hub:Qwen/Qwen2.5-0.5B", "--print-config"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["model"]["name"] == "hub:Qwen/Qwen2.5-0.5B"
+
+
+def test_a_hub_model_plans_without_downloading(tmp_path):
+    proc = dry_run(tmp_path, "model=hub:Qwen/Qwen2.5-0.5B")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert f"{tmp_path}/m/hub--Qwen--Qwen2.5-0.5B" in out
+    assert f"{tmp_path}/r/nusax/hub--Qwen--Qwen2.5-0.5B/ind/proxy_checkpoint" in out
+    assert_nothing_written(tmp_path)
+
+
+def test_model_slug():
+    assert wc.model_slug("hub:Qwen/Qwen2.5-0.5B") == "hub--Qwen--Qwen2.5-0.5B"
+    assert wc.model_slug("e5_small") == "e5_small"
+
+
+# ---------------------------------------------------------------- data root
+def test_the_data_root_is_resolved_from_config_then_env_then_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("CTSFT_DATA_ROOT", raising=False)
+    default = str((REPO.parent / "shared" / "data").resolve())
+    assert wc.resolve_data_root(None) == default
+    monkeypatch.setenv("CTSFT_DATA_ROOT", str(tmp_path / "env"))
+    assert wc.resolve_data_root(None) == str(tmp_path / "env")
+    assert wc.resolve_data_root(str(tmp_path / "cfg")) == str(tmp_path / "cfg")
+    monkeypatch.chdir(tmp_path)
+    assert wc.resolve_data_root("rel") == str(tmp_path / "rel")  # absolute: a param that moves
+
+
+def test_every_data_step_gets_the_resolved_data_root():
+    """common.smk passes data.root=<absolute> to every step that reads data (a params change)."""
+    text = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    common = text[text.index("def _common(") :].split("\ndef ", 1)[0]
+    assert 'f"data.root={hydra_quote(DATA_ROOT)}"' in common
+    assert 'DATA_ROOT = resolve_data_root(config.get("data_root"))' in text
+
+
+# ---------------------------------------------------------------- step CLI
+@pytest.mark.parametrize("step", STEPS)
+def test_every_step_prints_usage_on_help(step, capsys):
+    module = importlib.import_module(f"ctsft.steps.{step}")
+    if not hasattr(module, "run"):  # tables, figures: argparse (--out DIR metrics...)
+        with pytest.raises(SystemExit) as done:
+            module.main(["--help"])
+        assert done.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: python -m ctsft.steps.{step} [-h] --out")
+        return
+    assert run_step(module.run, ["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m ctsft.steps.{step} [key=value ...] [--print-config]\n")
+    assert module.__doc__.strip().splitlines()[0] in out and "--print-config prints" in out
+
+
+def test_help_from_the_command_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctsft.steps.evaluate", "--help"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.startswith("usage: python -m ctsft.steps.evaluate [key=value ...]")
+
+
+def _raising(exc: BaseException):
+    def step(cfg):
+        raise exc
+
+    return step
+
+
+@pytest.mark.parametrize(
+    "exc, message",
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/r/x/.metrics.json.ab12cd_3.tmp"),
+            "no space left on device writing /r/x/metrics.json: free space or set results_dir",
+        ),
+        (
+            OSError(errno.EROFS, "Read-only file system", "/r/x"),
+            "read-only file system: cannot write /r/x: set results_dir to a writable folder",
+        ),
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/r/x"),
+            "permission denied: /r/x: make it writable or set results_dir elsewhere",
+        ),
+        (MemoryError(), OOM_HINT),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), OOM_HINT),
+    ],
+    ids=["enospc", "erofs", "eacces", "memory", "torch-oom"],
+)
+def test_resource_faults_are_one_line(exc, message, capsys):
+    assert run_step(_raising(exc), ["threads=1"]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_out_of_memory_names_the_batch_keys():
+    assert OOM_HINT == (
+        "out of memory: lower train.batch_size / train.eval_batch_size / cdt.head_batch / "
+        "cdt.batch_size"
+    )
+
+
+def test_other_os_errors_keep_their_traceback():
+    with pytest.raises(FileNotFoundError):
+        run_step(_raising(FileNotFoundError(errno.ENOENT, "No such file", "/x")), [])
+
+
+def _write_scores(path: Path) -> None:
+    from ctsft.cdt.scores import scores_table, write_scores
+
+    write_scores(path, scores_table(torch.arange(8.0).reshape(2, 4), 4, "directional"))
+
+
+def test_disk_full_during_a_real_step_leaves_nothing_half_written(tmp_path, monkeypatch, capsys):
+    from ctsft.steps import select_circuit
+
+    scores, circuit = tmp_path / "scores.tsv", tmp_path / "k2" / "circuit.json"
+    _write_scores(scores)
+    real_write_text = Path.write_text
+
+    def full_disk(self, data, *args, **kwargs):
+        real_write_text(self, data[:10], *args, **kwargs)  # part of it lands, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    code = run_step(select_circuit.run, ["cdt.k=2", f"io.scores={scores}", f"io.circuit={circuit}"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"error: no space left on device writing {circuit}: free space or set results_dir\n"
+    )
+    assert list(circuit.parent.iterdir()) == []  # neither circuit.json nor its temporary
+
+
+def _run_step_script(tmp_path: Path, step_module: types.ModuleType, capfd) -> tuple[int, str, str]:
+    """workflow/scripts/run_step.py as Snakemake runs it, on a fake step; (rc, stderr, log)."""
+    sys.modules[f"ctsft.steps.{step_module.__name__}"] = step_module
+    log = tmp_path / "job.log"
+    job = types.SimpleNamespace(
+        params=types.SimpleNamespace(step=step_module.__name__, overrides=["cdt.k=2"]),
+        input={"scores": str(tmp_path / "scores.tsv")},
+        output={"circuit": str(tmp_path / "circuit.json")},
+        threads=1,
+        log=[str(log)],
+    )
+    script = runpy.run_path(
+        str(REPO / "workflow" / "scripts" / "run_step.py"),
+        init_globals={"snakemake": job},
+        run_name="run_step",
+    )
+    try:
+        code = script["main"]()
+    finally:
+        del sys.modules[f"ctsft.steps.{step_module.__name__}"]
+    return code, capfd.readouterr().err, log.read_text()
+
+
+def test_the_workflow_script_reports_disk_full_in_one_line(tmp_path, capfd):
+    fake = types.ModuleType("fake_disk_full")
+    fake.run = _raising(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "c")))
+    code, err, log = _run_step_script(tmp_path, fake, capfd)
+    assert code == 2
+    assert err == (
+        f"error: no space left on device writing {tmp_path / 'c'}: free space or set "
+        f"results_dir (log: {tmp_path / 'job.log'})\n"
+    )
+    assert "Traceback" in log and log.rstrip().endswith("free space or set results_dir")
+    assert not (tmp_path / "circuit.json").exists()
+
+
+def test_the_workflow_script_reports_out_of_memory_in_one_line(tmp_path, capfd):
+    fake = types.ModuleType("fake_oom")
+    fake.run = _raising(torch.OutOfMemoryError("CUDA out of memory"))
+    code, err, _ = _run_step_script(tmp_path, fake, capfd)
+    assert code == 2 and err == f"error: {OOM_HINT} (log: {tmp_path / 'job.log'})\n"
+
+
+def test_the_workflow_script_keeps_other_tracebacks_in_the_log(tmp_path, capfd):
+    fake = types.ModuleType("fake_bug")
+    fake.run = _raising(KeyError("oops"))
+    code, err, log = _run_step_script(tmp_path, fake, capfd)
+    assert code == 1
+    assert err == f"error: step fake_bug failed, traceback in {tmp_path / 'job.log'}\n"
+    assert "KeyError: 'oops'" in log
+
+
+# ---------------------------------------------------------------- a checkpoint without its record
+def _evaluate(checkpoint: Path, metrics: Path, method: str = "full_ft"):
+    from ctsft.steps import evaluate
+
+    cfg = compose(
+        ["model=tiny_bert", f"method={method}", "train=tiny", "task.eval_size=6", "threads=1",
+         f"io.checkpoint={checkpoint}", f"io.metrics={metrics}"]
+    )  # fmt: skip
+    return evaluate.run(cfg)
+
+
+@pytest.mark.parametrize("method, rerun", [("full_ft", "transfer"), ("zero_shot", "finetune")])
+def test_a_checkpoint_without_task_model_json_is_refused(tiny_model_dirs, tmp_path, method, rerun):
+    # a base model folder (or a checkpoint copied without task_model.json) is no training output
+    base = tiny_model_dirs["tiny_bert"]
+    metrics = tmp_path / "metrics.json"
+    with pytest.raises(CtsftError) as err:
+        _evaluate(base, metrics, method)
+    assert str(err.value) == (
+        f"{base} has no training record (task_model.json): not a finished checkpoint; rerun "
+        f"the {rerun} (snakemake <its metrics.json> --forcerun {rerun})"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_task_model_json_without_training_record_is_refused(tiny_model_dirs, tmp_path):
+    from ctsft.models import load_task_model
+
+    checkpoint = tmp_path / "checkpoint"
+    load_task_model(tiny_model_dirs["tiny_bert"], "nusax", kind="encoder").save(checkpoint)
+    assert "training" not in json.loads((checkpoint / "task_model.json").read_text())
+    with pytest.raises(CtsftError, match="has no training record .*rerun the transfer"):
+        _evaluate(checkpoint, tmp_path / "metrics.json")
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_unchanged_quick_config_is_still_valid():
+    cfg = copy.deepcopy(quick())
+    wc.validate_config(cfg, SCHEMA)
+    wc.check_config(cfg)
+    assert cfg["data_root"] is None and cfg["report"] == {"faithfulness": True}  # defaults
