@@ -182,7 +182,8 @@ def _cell_ci(mean: float, std: float, lo: float, hi: float, scale: float, mark: 
     """`mean [lo, hi]` when the interval is known, else `mean ± std`."""
     if _missing(lo) or _missing(hi) or _missing(mean):
         return _cell(mean, std, scale) + mark
-    return f"{mean * scale:.1f}{mark} [{lo * scale:.1f}, {hi * scale:.1f}]"
+    lo, hi = round(lo * scale, 1) + 0.0, round(hi * scale, 1) + 0.0  # no "-0.0"
+    return f"{mean * scale:.1f}{mark} [{lo:.1f}, {hi:.1f}]"
 
 
 def _marks(row: pd.Series) -> str:
