@@ -69,6 +69,16 @@ def assert_nothing_written(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists() and not (tmp_path / "m").exists()
 
 
+def assert_short_refusal(tmp_path: Path, config: str, message: str) -> None:
+    """A dry run with `--config <config>` fails before any job, with `message` in a few lines."""
+    proc = dry_run(tmp_path, config)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert message in out
+    assert len(out.strip().splitlines()) < 10, out
+    assert_nothing_written(tmp_path)
+
+
 # ---------------------------------------------------------------- config check (common.smk)
 def test_a_target_equal_to_its_proxy_is_rejected():
     cfg = quick()
@@ -89,12 +99,11 @@ def test_targets_all_still_means_every_language_but_the_proxy(tmp_path):
 
 
 def test_target_equal_to_proxy_stops_snakemake_before_any_job(tmp_path):
-    proc = dry_run(tmp_path, "experiments=[{task: nusax, proxy: ind, targets: [ind]}]")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert "config: experiments[0] (nusax, proxy ind): target ind is the proxy itself" in out
-    assert len(out.strip().splitlines()) < 10, out
-    assert_nothing_written(tmp_path)
+    assert_short_refusal(
+        tmp_path,
+        "experiments=[{task: nusax, proxy: ind, targets: [ind]}]",
+        "config: experiments[0] (nusax, proxy ind): target ind is the proxy itself",
+    )
 
 
 def test_an_unknown_target_language_is_rejected():
@@ -249,12 +258,11 @@ def test_command_line_list_items_are_read_as_the_schema_types():
 
 
 def test_a_schema_error_in_snakemake_is_short(tmp_path):
-    proc = dry_run(tmp_path, "wandb={mode: onlin}")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert "config: wandb.mode is 'onlin', expected one of disabled, offline, online" in out
-    assert len(out.strip().splitlines()) < 10, out
-    assert_nothing_written(tmp_path)
+    assert_short_refusal(
+        tmp_path,
+        "wandb={mode: onlin}",
+        "config: wandb.mode is 'onlin', expected one of disabled, offline, online",
+    )
 
 
 # ---------------------------------------------------------------- values checked at compose time

@@ -213,51 +213,22 @@ def test_early_stopping_restores_the_best_epoch(
     assert not all(torch.equal(final[n], states[3][n]) for n in final)  # the epochs did differ
 
 
-def test_interrupted_run_resumes_to_the_same_checkpoint(
-    tiny_model_dirs: dict[str, Path],
-    rows: list[dict],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    config = TrainConfig(epochs=3, batch_size=4, lr=1e-3, resume_every=2)
+RESUMABLE = TrainConfig(epochs=3, batch_size=4, lr=1e-3, resume_every=2)  # 12 steps, state every 2
 
-    def train(out: Path) -> dict:
-        model = load_task_model(tiny_model_dirs["tiny_gemma3"], "nusax", max_length=16)
-        plan = build_plan(
-            model.hf,
-            model.adapter,
-            OmegaConf.create({"name": "ctsft", "heads": "circuit"}),
-            CIRCUIT,
-        )
-        return train_to_checkpoint(
-            model, plan, config, rows, out, seed=3, record={"config": {"x": 1}}, progress=False
-        )
 
-    train(tmp_path / "clean")
-    original_write = RunLog.write
-
-    def crash(self: RunLog, record: dict) -> None:
-        original_write(self, record)
-        if record.get("step") == 7:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunLog, "write", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "resumed")
-    assert not (tmp_path / "resumed").exists()
-    assert (resume_dir_for(tmp_path / "resumed") / "state.pt").is_file()
-    monkeypatch.setattr(RunLog, "write", original_write)
-    record = train(tmp_path / "resumed")
-    assert record["steps"] == 12
-    assert not resume_dir_for(tmp_path / "resumed").exists()
-    clean, resumed = (
-        load_file(tmp_path / "clean" / "model.safetensors"),
-        load_file(tmp_path / "resumed" / "model.safetensors"),
+def _train_ctsft(model_dir: Path, rows: list[dict], out: Path, record: dict) -> dict:
+    """A 12-step CT-SFT run of `RESUMABLE` to checkpoint `out` (resuming from its state)."""
+    model = load_task_model(model_dir, "nusax", max_length=16)
+    plan = build_plan(
+        model.hf, model.adapter, OmegaConf.create({"name": "ctsft", "heads": "circuit"}), CIRCUIT
     )
-    assert all(torch.equal(clean[k], resumed[k]) for k in clean)
+    return train_to_checkpoint(
+        model, plan, RESUMABLE, rows, out, seed=3, record=record, progress=False
+    )
 
 
 def _crash_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Make the run log raise KeyboardInterrupt right after logging optimizer step `step`."""
     original_write = RunLog.write
 
     def crash(self: RunLog, record: dict) -> None:
@@ -266,6 +237,32 @@ def _crash_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(RunLog, "write", crash)
+
+
+def test_interrupted_run_resumes_to_the_same_checkpoint(
+    tiny_model_dirs: dict[str, Path],
+    rows: list[dict],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def train(out: Path) -> dict:
+        return _train_ctsft(tiny_model_dirs["tiny_gemma3"], rows, out, {"config": {"x": 1}})
+
+    train(tmp_path / "clean")
+    _crash_at_step(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "resumed")
+    assert not (tmp_path / "resumed").exists()
+    assert (resume_dir_for(tmp_path / "resumed") / "state.pt").is_file()
+    monkeypatch.undo()
+    record = train(tmp_path / "resumed")
+    assert record["steps"] == 12
+    assert not resume_dir_for(tmp_path / "resumed").exists()
+    clean, resumed = (
+        load_file(tmp_path / "clean" / "model.safetensors"),
+        load_file(tmp_path / "resumed" / "model.safetensors"),
+    )
+    assert all(torch.equal(clean[k], resumed[k]) for k in clean)
 
 
 @pytest.mark.parametrize("same_inputs", [True, False])
@@ -279,21 +276,11 @@ def test_resume_state_of_other_inputs_is_discarded_and_the_log_has_each_step_onc
 ) -> None:
     """Silent failure 1 of issue 11: a resume must never continue a run of another initial
     checkpoint (or circuit, or data), and a resumed run's log must not repeat steps."""
-    config = TrainConfig(epochs=3, batch_size=4, lr=1e-3, resume_every=2)
     out = tmp_path / "ckpt"
 
     def train(init_sha: str) -> dict:
-        model = load_task_model(tiny_model_dirs["tiny_bert"], "nusax", max_length=16)
-        plan = build_plan(
-            model.hf,
-            model.adapter,
-            OmegaConf.create({"name": "ctsft", "heads": "circuit"}),
-            CIRCUIT,
-        )
         record = {"config": {"x": 1}, "init_sha256": init_sha, "data_checksum": "d"}
-        return train_to_checkpoint(
-            model, plan, config, rows, out, seed=3, record=record, progress=False
-        )
+        return _train_ctsft(tiny_model_dirs["tiny_bert"], rows, out, record)
 
     _crash_at_step(monkeypatch, 7)
     with pytest.raises(KeyboardInterrupt):

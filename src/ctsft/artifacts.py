@@ -59,8 +59,9 @@ def _missing(what: str, path: Path, rule: str) -> CtsftError:
     )
 
 
-def _json_object(what: str, path: Path, rule: str) -> dict[str, Any]:
-    """A JSON object from `path`, or a one-line error (missing, not UTF-8, not JSON, not an object)."""
+def _json_object(what: str, path: Path, rule: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A JSON object from `path` holding every one of `keys`, or a one-line error (missing, not
+    UTF-8, not JSON, not an object, a key absent)."""
     if not path.is_file():
         raise _missing(what, path, rule)
     try:
@@ -73,6 +74,9 @@ def _json_object(what: str, path: Path, rule: str) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict):
         raise _error(what, path, f"holds a JSON {type(data).__name__}, not an object", rule)
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise _error(what, path, f"has no {', '.join(repr(m) for m in missing)} entry", rule)
     return data
 
 
@@ -247,10 +251,7 @@ def read_circuit(path: str | Path, geometry: HeadGeometry | None = None) -> dict
     """
     what, rule = "circuit file", "select_circuit"
     path = Path(path)
-    data = _json_object(what, path, rule)
-    missing = [key for key in CIRCUIT_KEYS if key not in data]
-    if missing:
-        raise _error(what, path, f"has no {', '.join(repr(m) for m in missing)} entry", rule)
+    data = _json_object(what, path, rule, CIRCUIT_KEYS)
     k = data["k"]
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise _error(what, path, f"has k={k!r}, not a positive whole number", rule)
@@ -296,10 +297,7 @@ def read_faithfulness(path: str | Path) -> dict[str, Any]:
     """The faithfulness report: clean accuracy/margin, the circuit, NearZero and random ablations."""
     what, rule = "faithfulness report", "faithfulness"
     path = Path(path)
-    data = _json_object(what, path, rule)
-    missing = [key for key in FAITHFULNESS_KEYS if key not in data]
-    if missing:
-        raise _error(what, path, f"has no {', '.join(repr(m) for m in missing)} entry", rule)
+    data = _json_object(what, path, rule, FAITHFULNESS_KEYS)
     if not _finite_number(data["clean_accuracy"]) or not 0 <= data["clean_accuracy"] <= 1:
         raise _error(what, path, f"has clean_accuracy {data['clean_accuracy']!r}", rule)
     sets = [("circuit", data["circuit"]), ("near_zero", data["near_zero"])]

@@ -93,24 +93,27 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device("cuda", index)
 
 
-def resolve_precision(spec: str, device: torch.device) -> str:
+def _option(key: str, spec: str, allowed: tuple[str, ...], auto: str) -> str:
+    """`runtime.<key>`: `auto` resolved to `auto`, else one of `allowed`."""
     spec = str(spec).strip().lower()
     if spec == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if spec not in PRECISIONS:
-        raise CtsftError(f"runtime.precision must be auto, {', '.join(PRECISIONS)}; got {spec!r}")
-    if spec == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise CtsftError("this GPU has no bf16: set runtime.precision=fp16 or fp32")
+        return auto
+    if spec not in allowed:
+        raise CtsftError(f"runtime.{key} must be auto, {', '.join(allowed)}; got {spec!r}")
     return spec
+
+
+def resolve_precision(spec: str, device: torch.device) -> str:
+    cuda = device.type == "cuda"
+    chosen = _option("precision", spec, tuple(PRECISIONS), "bf16" if cuda else "fp32")
+    explicit_bf16 = str(spec).strip().lower() == "bf16"
+    if explicit_bf16 and cuda and not torch.cuda.is_bf16_supported():
+        raise CtsftError("this GPU has no bf16: set runtime.precision=fp16 or fp32")
+    return chosen
 
 
 def resolve_attention(spec: str, device: torch.device) -> str:
-    spec = str(spec).strip().lower()
-    if spec == "auto":
-        return "sdpa" if device.type == "cuda" else "eager"
-    if spec not in ATTENTIONS:
-        raise CtsftError(f"runtime.attention must be auto, eager or sdpa; got {spec!r}")
-    return spec
+    return _option("attention", spec, ATTENTIONS, "sdpa" if device.type == "cuda" else "eager")
 
 
 _RESOLVED: dict[tuple[str, str, str], Runtime] = {}

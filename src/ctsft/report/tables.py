@@ -58,20 +58,16 @@ def _per_row(group: pd.DataFrame, column: str, gold: str) -> tuple[list, list] |
 
 def _task_intervals(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Bootstrap intervals per cell, and CT-SFT's paired tests against full_ft and near_zero."""
-    cells = {
-        key: _per_row(group, "predictions", "gold")
-        for key, group in runs.groupby(keys, sort=False, dropna=False)
-    }
-    n_labels = {key: group["n_labels"].iloc[0] for key, group in runs.groupby(keys, sort=False)}
+    groups = dict(list(runs.groupby(keys, sort=False, dropna=False)))
+    cells = {key: _per_row(group, "predictions", "gold") for key, group in groups.items()}
     rows = []
     for key, data in cells.items():
         row = dict(zip(keys, key, strict=True))
         if data is not None:
             preds, gold = data
+            n_labels = int(groups[key]["n_labels"].iloc[0])
             row["accuracy_ci_lo"], row["accuracy_ci_hi"] = accuracy_interval(preds, gold)
-            row["macro_f1_ci_lo"], row["macro_f1_ci_hi"] = macro_f1_interval(
-                preds, gold, int(n_labels[key])
-            )
+            row["macro_f1_ci_lo"], row["macro_f1_ci_hi"] = macro_f1_interval(preds, gold, n_labels)
             *pair, label = key
             base, _, suffix = str(label).partition(" ")
             if base == "ctsft":

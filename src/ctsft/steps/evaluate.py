@@ -39,25 +39,23 @@ def _test_rows(cfg: DictConfig, lang: str) -> list[dict[str, Any]]:
     return subsample(ds, int(n) if n else None, EVAL_SEED).to_list()
 
 
-def _baseline_accuracy(path: str | None) -> float | None:
+def _baseline(path: str | None) -> tuple[float | None, list[int] | None]:
+    """theta_1's proxy accuracy and per-row proxy predictions (the "before" of forgetting) from
+    its metrics.json; (None, None) without one. Predictions are None in older files."""
     if not path:
-        return None
+        return None, None
     file = Path(path)
     if not file.is_file():
         raise CtsftError(
             f"baseline metrics {file} does not exist: evaluate the proxy checkpoint first"
         )
-    value = read_metrics(file).get("proxy_accuracy")
+    metrics = read_metrics(file)
+    value = metrics.get("proxy_accuracy")
     if value is None:
         raise CtsftError(
             f"{file} has no proxy_accuracy: it is not a metrics.json of the evaluate step"
         )
-    return float(value)
-
-
-def _baseline_predictions(path: str | None) -> list[int] | None:
-    """theta_1's per-row proxy predictions (the "before" of forgetting), when recorded."""
-    return read_metrics(Path(path)).get("proxy_predictions") if path else None
+    return float(value), metrics.get("proxy_predictions")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -94,7 +92,7 @@ def run(cfg: DictConfig) -> dict:
     method = str(cfg.method.name)
     total = sum(p.numel() for p in model.hf.parameters())
     updated = 0 if method == "zero_shot" else int(training.get("trainable", 0))
-    baseline = _baseline_accuracy(cfg.io.get("baseline_metrics"))
+    baseline, baseline_predictions = _baseline(cfg.io.get("baseline_metrics"))
     prov = provenance(
         config=to_dict(cfg),
         checkpoint=str(checkpoint),
@@ -141,7 +139,7 @@ def run(cfg: DictConfig) -> dict:
         "gold": target_gold.tolist(),
         "proxy_predictions": proxy_preds.tolist(),
         "proxy_gold": proxy_gold.tolist(),
-        "baseline_proxy_predictions": _baseline_predictions(cfg.io.get("baseline_metrics")),
+        "baseline_proxy_predictions": baseline_predictions,
         "provenance": prov,
     }
     write_json(metrics_path, metrics)
