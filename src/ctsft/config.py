@@ -10,9 +10,7 @@ type or range is one line naming the key, not an error deep inside torch.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from hydra import compose as hydra_compose
@@ -24,14 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ctsft.data.tasks import TaskSpec, get_task
 from ctsft.errors import CtsftError
-from ctsft.provenance import REPO_ROOT
-from ctsft.workflow_config import HUB_PREFIX, check_hub_id
-
-CONFIG_DIR_ENV = "CTSFT_CONFIG_DIR"
-
-
-def config_dir() -> Path:
-    return Path(os.environ.get(CONFIG_DIR_ENV, REPO_ROOT / "config" / "hydra")).resolve()
+from ctsft.workflow_config import HUB_PREFIX, check_hub_id, config_dir
 
 
 def hub_overrides(overrides: list[str]) -> list[str]:
@@ -166,6 +157,26 @@ def task_spec(cfg: DictConfig) -> TaskSpec:
     return dataclasses.replace(
         base, prompt=str(cfg.task.prompt), label_words=tuple(str(w) for w in cfg.task.label_words)
     )
+
+
+def coordinates(cfg: DictConfig, pair: bool = True) -> dict[str, Any]:
+    """Where a record sits in the workflow's grid: task, model, proxy, target, variant, k, seed.
+
+    Every record a step writes carries these, so the tables never read them from a path. The
+    rules pass `grid.*` (ctsft.layout); by hand, the method name is the variant. A proxy-level
+    record (`pair=False`: scores, circuit, faithfulness) has no target or variant.
+    """
+    grid = cfg.get("grid") or {}
+    k = grid.get("k")
+    return {
+        "task": str(cfg.task.name),
+        "model": str(grid.get("model") or cfg.model.name),
+        "proxy": str(cfg.proxy),
+        "target": str(cfg.target) if pair else None,
+        "variant": str(grid.get("variant") or cfg.method.name) if pair else None,
+        "k": None if k is None else str(k),
+        "seed": int(cfg.seed),
+    }
 
 
 def to_dict(cfg: DictConfig) -> dict:

@@ -23,12 +23,22 @@ import yaml
 from ctsft.data.tasks import DATA_ROOT_ENV, TASKS
 from ctsft.provenance import REPO_ROOT
 
-#: Methods that read a circuit JSON (ctsft.train.methods.HEAD_METHODS, plus LoRA, whose rank
-#: matches CT-SFT's budget unless `method.rank` is given); a test keeps the two in step.
-CIRCUIT_METHODS = ("ctsft", "near_zero", "random_heads", "lora")
-METHOD_DIR = REPO_ROOT / "config" / "hydra" / "method"
-MODEL_DIR = REPO_ROOT / "config" / "hydra" / "model"
+CONFIG_DIR_ENV = "CTSFT_CONFIG_DIR"
 HUB_PREFIX = "hub:"
+
+
+def config_dir() -> Path:
+    """The Hydra config folder: config/hydra of the repository, or $CTSFT_CONFIG_DIR."""
+    return Path(os.environ.get(CONFIG_DIR_ENV, REPO_ROOT / "config" / "hydra")).resolve()
+
+
+def __getattr__(name: str) -> Any:
+    """`CIRCUIT_METHODS`: the method YAMLs that read a circuit JSON as composed (head methods,
+    and LoRA, whose rank matches CT-SFT's budget unless `method.rank` is given), derived from the
+    method registry so that it cannot drift from the YAML."""
+    if name == "CIRCUIT_METHODS":
+        return tuple(n for n in method_names() if method_facts(n, [])[0])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _error(message: str) -> Exception:
@@ -185,13 +195,39 @@ def validate_config(config: dict, schema_file: str | os.PathLike[str]) -> None:
 # ---------------------------------------------------------------- semantic checks
 def method_names() -> list[str]:
     """Values `method=` can take: the YAML files of config/hydra/method/."""
-    return sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in (config_dir() / "method").glob("*.yaml"))
+
+
+def method_config(name: str) -> dict[str, Any]:
+    """config/hydra/method/<name>.yaml with its `defaults:` chain of the same group merged in, as
+    Hydra composes it (read without Hydra: Snakemake calls this on every invocation)."""
+    data = yaml.safe_load((config_dir() / "method" / f"{name}.yaml").read_text()) or {}
+    chain = list(data.pop("defaults", []))
+    if "_self_" not in chain:
+        chain.append("_self_")  # Hydra's place for it when the list does not say
+    merged: dict[str, Any] = {}
+    for item in chain:
+        merged.update(data if item == "_self_" else method_config(str(item)))
+    return merged
+
+
+def method_facts(method: str, overrides: list[str]) -> tuple[bool, bool]:
+    """(needs a circuit, trains) of `method` with a variant's `method.<key>=<value>` overrides,
+    as the method registry (ctsft.train.methods) declares them."""
+    from ctsft.train.methods import method_needs_circuit, method_trains
+
+    config = method_config(method)
+    for item in overrides:
+        key, _, value = str(item).partition("=")
+        if key.lstrip("+").startswith("method."):
+            config[key.lstrip("+")[len("method.") :]] = yaml.safe_load(value)
+    return method_needs_circuit(config), method_trains(config)
 
 
 def model_names() -> list[str]:
     """Registered model names: the YAML files of config/hydra/model/ (hub.yaml is the template
     of hub:<org>/<name>)."""
-    return sorted(p.stem for p in MODEL_DIR.glob("*.yaml") if p.stem != "hub")
+    return sorted(p.stem for p in (config_dir() / "model").glob("*.yaml") if p.stem != "hub")
 
 
 def _override(overrides: list[str], key: str) -> str | None:
@@ -218,19 +254,18 @@ def _check_method(spec: dict) -> None:
             f"config: method variant {name!r}: unknown method={method}, choose one of {choices}"
         )
     circuit = bool(spec.get("circuit", False))
-    rank_given = _override(spec.get("overrides", []), "method.rank") not in (None, "", "null")
-    needs_circuit = method in CIRCUIT_METHODS and not (method == "lora" and rank_given)
+    needs_circuit, trains = method_facts(method, spec.get("overrides", []))
     if needs_circuit and not circuit:
         raise _error(
             f"config: method variant {name!r} (method={method}) trains selected heads or matches "
             "their budget: add circuit: true"
         )
-    if circuit and method not in CIRCUIT_METHODS:
+    if circuit and not needs_circuit:
         raise _error(
             f"config: method variant {name!r} (method={method}) reads no circuit: drop circuit: true"
         )
     transfer = bool(spec.get("transfer", True))
-    if (method == "zero_shot") == transfer:
+    if trains != transfer:
         fix = (
             "add transfer: false"
             if transfer

@@ -1,9 +1,9 @@
 rule mean_baseline:
     """Label-balanced mean of every head's output on the proxy discovery set (mu)."""
     input:
-        proxy_checkpoint=proxy_checkpoint,
+        proxy_checkpoint=rules.finetune.output.checkpoint,
     output:
-        mu=results(f"{PROXY}/mu.safetensors"),
+        mu=at("mu"),
     log:
         logfile("mean_baseline", PROXY),
     benchmark:
@@ -25,12 +25,12 @@ rule mean_baseline:
 rule score_heads:
     """CD-T decomposition from every head to the logits; signed gold-label relevance per head."""
     input:
-        proxy_checkpoint=proxy_checkpoint,
-        mu=proxy_mu,
+        proxy_checkpoint=rules.finetune.output.checkpoint,
+        mu=rules.mean_baseline.output.mu,
     output:
-        scores=results(f"{PROXY}/scores.tsv"),
+        scores=at("scores"),
         heatmap=report(
-            results(f"{PROXY}/heatmap.png"),
+            at("heatmap"),
             caption="../report/heatmap.rst",
             category="Head scores",
             subcategory="{task} {proxy}",
@@ -57,13 +57,13 @@ rule score_heads:
 rule select_circuit:
     """Top-k heads by score (the circuit), the k smallest |score| (NearZero) and a random set."""
     input:
-        scores=proxy_scores,
+        scores=rules.score_heads.output.scores,
     output:
-        circuit=results(f"{PROXY}/k{{k}}/circuit.json"),
+        circuit=at("circuit"),
     log:
-        logfile("select_circuit", f"{PROXY}/k{{k}}"),
+        logfile("select_circuit", CIRCUIT_JOB),
     benchmark:
-        benchfile("select_circuit", f"{PROXY}/k{{k}}")
+        benchfile("select_circuit", CIRCUIT_JOB)
     conda:
         "../envs/ctsft.yaml"
     threads: 1
@@ -72,7 +72,7 @@ rule select_circuit:
         runtime=5,
     params:
         step="select_circuit",
-        overrides=overrides_circuit,
+        overrides=overrides_circuit_size("select_circuit"),
     script:
         "../scripts/run_step.py"
 
@@ -80,16 +80,16 @@ rule select_circuit:
 rule faithfulness:
     """How much of the proxy model's behaviour the circuit carries, against random head sets."""
     input:
-        proxy_checkpoint=proxy_checkpoint,
-        mu=proxy_mu,
-        circuit=results(f"{PROXY}/k{{k}}/circuit.json"),
-        scores=proxy_scores,
+        proxy_checkpoint=rules.finetune.output.checkpoint,
+        mu=rules.mean_baseline.output.mu,
+        circuit=rules.select_circuit.output.circuit,
+        scores=rules.score_heads.output.scores,
     output:
-        faithfulness=results(f"{PROXY}/k{{k}}/faithfulness.json"),
+        faithfulness=at("faithfulness"),
     log:
-        logfile("faithfulness", f"{PROXY}/k{{k}}"),
+        logfile("faithfulness", CIRCUIT_JOB),
     benchmark:
-        benchfile("faithfulness", f"{PROXY}/k{{k}}")
+        benchfile("faithfulness", CIRCUIT_JOB)
     conda:
         "../envs/ctsft.yaml"
     threads: config["threads"]
@@ -99,6 +99,6 @@ rule faithfulness:
         runtime=120,
     params:
         step="faithfulness",
-        overrides=overrides_faithfulness,
+        overrides=overrides_circuit_size("faithfulness"),
     script:
         "../scripts/run_step.py"

@@ -1,23 +1,22 @@
 # Target lists, path patterns and named input/param functions shared by every rule file.
-#
-# Layout (R = config["results_dir"], M = config["models_dir"]):
-#   M/{model}/                                         prepared base model
-#   R/{task}/{model}/{proxy}/proxy_checkpoint/         theta_1 (competence tuning)
-#   R/{task}/{model}/{proxy}/proxy_eval/metrics.json   theta_1 on the proxy test set (forgetting base)
-#   R/{task}/{model}/{proxy}/mu.safetensors            label-balanced mean baseline
-#   R/{task}/{model}/{proxy}/scores.tsv, heatmap.png   CD-T head scores
-#   R/{task}/{model}/{proxy}/k{k}/circuit.json         selected heads (+ near_zero, random sets)
-#   R/{task}/{model}/{proxy}/k{k}/faithfulness.json
-#   R/{task}/{model}/{proxy}-{target}/{variant}/seed{seed}/checkpoint/    transfer
-#   R/{task}/{model}/{proxy}-{target}/{variant}/seed{seed}/metrics.json   evaluation
-#   R/tables/, R/figures/, R/logs/, R/benchmarks/
-# where {variant} is the method name (zero_shot, full_ft) or, for methods that need a circuit,
-# "<method>/k<k>" (ctsft/k0.05): the circuit size is part of what varies.
+# Every path comes from ctsft.layout.path (its docstring draws the layout); a rule's output is
+# path(<artifact>) with wildcards, its consumers name it as rules.<rule>.output where they can.
 
 import re
 from pathlib import Path
 
 from ctsft.data.tasks import TASKS
+from ctsft.layout import (
+    CIRCUIT_JOB,
+    FIGURES,
+    PROXY_JOB,
+    RUN_JOB,
+    TABLE_FORGETTING,
+    TABLE_FORMATS,
+    TABLE_OF_TASK,
+    path,
+    variant_name,
+)
 from ctsft.workflow_config import (
     check_config,
     hydra_quote,
@@ -51,12 +50,6 @@ def _check_config():
 
 _check_config()
 
-# Table number of each task: the wandb group and the table file names.
-TABLE_OF_TASK = {"nusax": "table1_nusax", "xnli": "table2_xnli"}
-TABLE_FORGETTING = "table3_forgetting"
-TABLE_FORMATS = ["csv", "md", "tex"]
-FIGURES = ["accuracy_vs_params", "forgetting", "tradeoff"]
-
 
 def _alternatives(values):
     """A regex that matches exactly one of `values` (a closed wildcard)."""
@@ -79,7 +72,7 @@ def variants():
     out = []
     for name, spec in METHODS.items():
         if spec.get("circuit", False):
-            out.extend((f"{name}/k{k}", name, k) for k in KS)
+            out.extend((variant_name(name, k), name, k) for k in KS)
         else:
             out.append((name, name, None))
     return out
@@ -119,100 +112,84 @@ def run_seeds(variant):
 
 
 # ---------------------------------------------------------------- paths
-def results(path):
-    """`path` under the results folder of this config."""
-    return f"{R}/{path}"
+def at(artifact, **coordinates):
+    """ctsft.layout.path with this config's folders (R, M): a rule's output pattern when given
+    no coordinates, a concrete path when given all of them."""
+    return path(artifact, R=R, M=M, **coordinates)
 
 
-def models(path):
-    """`path` under the shared models folder."""
-    return f"{M}/{path}"
+PROXY = PROXY_JOB  # wildcards of a proxy-level job (its log and benchmark names)
+RUN = RUN_JOB  # wildcards of one transfer run
 
 
-PROXY = "{task}/{model}/{proxy}"  # proxy-level artifacts (one per task, model, proxy)
-RUN = "{task}/{model}/{proxy}-{target}/{variant}/seed{seed}"  # one transfer run
+def logfile(rule, job, root=R):
+    """Log file of a job of `rule` (job: the job's wildcards)."""
+    return path("log", root=root, rule=rule, job=job)
 
 
-def logfile(rule, pattern):
-    """Log file of a job of `rule` (pattern: the job's wildcards)."""
-    return results(f"logs/{rule}/{pattern}.log")
-
-
-def benchfile(rule, pattern):
+def benchfile(rule, job, root=R):
     """Benchmark TSV of a job of `rule`."""
-    return results(f"benchmarks/{rule}/{pattern}.tsv")
+    return path("benchmark", root=root, rule=rule, job=job)
 
 
 def metrics_files():
     """Every evaluation of the grid (the inputs of the tables and figures)."""
     return [
-        f"{R}/{task}/{MODEL}/{proxy}-{target}/{variant}/seed{seed}/metrics.json"
+        at(
+            "metrics",
+            task=task,
+            model=MODEL,
+            proxy=proxy,
+            target=target,
+            variant=variant,
+            seed=seed,
+        )
         for task, proxy, target in pairs()
         for variant in VARIANTS
         for seed in run_seeds(variant)
     ]
 
 
-def circuit_files():
+def proxy_files(artifact, per_k=False):
+    """`artifact` of every configured (task, proxy), and every k when `per_k`."""
     return [
-        f"{R}/{task}/{MODEL}/{proxy}/k{k}/circuit.json"
+        at(artifact, task=task, model=MODEL, proxy=proxy, **({"k": k} if per_k else {}))
         for task, proxy in proxies()
-        for k in KS
+        for k in (KS if per_k else [None])
     ]
 
 
 def faithfulness_files():
     if not config.get("report", {}).get("faithfulness", True):
         return []
-    return [
-        f"{R}/{task}/{MODEL}/{proxy}/k{k}/faithfulness.json"
-        for task, proxy in proxies()
-        for k in KS
-    ]
-
-
-def heatmap_files():
-    return [f"{R}/{task}/{MODEL}/{proxy}/heatmap.png" for task, proxy in proxies()]
+    return proxy_files("faithfulness", per_k=True)
 
 
 def table_files():
     names = [TABLE_OF_TASK[task] for task in TASKS_RUN] + [TABLE_FORGETTING]
-    return [f"{R}/tables/{name}.{fmt}" for name in names for fmt in TABLE_FORMATS]
+    return [
+        at("table", table=name, format=fmt) for name in names for fmt in TABLE_FORMATS
+    ]
 
 
 def figure_files():
-    return [f"{R}/figures/{name}.png" for name in FIGURES]
+    return [at("figure", figure=name) for name in FIGURES]
 
 
 def all_targets():
     return (
         table_files()
         + figure_files()
-        + heatmap_files()
-        + circuit_files()
+        + proxy_files("heatmap")
+        + proxy_files("circuit", per_k=True)
         + faithfulness_files()
     )
 
 
 # ---------------------------------------------------------------- input functions
-def model_dir(wildcards):
-    return f"{M}/{wildcards.model}"
-
-
+# (where the variant decides the input; the other inputs are rules.<rule>.output)
 def proxy_checkpoint(wildcards):
-    return f"{R}/{wildcards.task}/{wildcards.model}/{wildcards.proxy}/proxy_checkpoint"
-
-
-def proxy_mu(wildcards):
-    return f"{R}/{wildcards.task}/{wildcards.model}/{wildcards.proxy}/mu.safetensors"
-
-
-def proxy_scores(wildcards):
-    return f"{R}/{wildcards.task}/{wildcards.model}/{wildcards.proxy}/scores.tsv"
-
-
-def proxy_baseline_metrics(wildcards):
-    return f"{R}/{wildcards.task}/{wildcards.model}/{wildcards.proxy}/proxy_eval/metrics.json"
+    return at("proxy_checkpoint", **wildcards)
 
 
 def transfer_inputs(wildcards):
@@ -220,17 +197,16 @@ def transfer_inputs(wildcards):
     name, k = split_variant(wildcards.variant)
     inputs = {"proxy_checkpoint": proxy_checkpoint(wildcards)}
     if METHODS[name].get("circuit", False):
-        base = f"{R}/{wildcards.task}/{wildcards.model}/{wildcards.proxy}"
-        inputs["circuit"] = f"{base}/k{k}/circuit.json"
+        inputs["circuit"] = at("circuit", **{**wildcards, "k": k})
     return inputs
 
 
 def evaluated_checkpoint(wildcards):
-    """The transferred checkpoint, or the proxy checkpoint itself for zero-shot."""
+    """The transferred checkpoint, or the proxy checkpoint itself for a variant without transfer."""
     name, _ = split_variant(wildcards.variant)
     if not METHODS[name].get("transfer", True):
         return proxy_checkpoint(wildcards)
-    return f"{R}/{wildcards.task}/{wildcards.model}/{wildcards.proxy}-{wildcards.target}/{wildcards.variant}/seed{wildcards.seed}/checkpoint"
+    return at("checkpoint", **wildcards)
 
 
 # ---------------------------------------------------------------- Hydra overrides (params)
@@ -251,6 +227,7 @@ def _common(wildcards, step, rule):
     overrides = [
         f"task={wildcards.task}",
         model_override(wildcards),
+        f"grid.model={hydra_quote(MODEL_ID)}",  # the record's coordinates (ctsft.config.coordinates)
         f"data.root={hydra_quote(DATA_ROOT)}",
     ]
     # wandb run name: the wildcards, e.g. task-nusax_model-e5_small_proxy-ind_..._variant-ctsft-k0.05
@@ -290,16 +267,15 @@ def overrides_proxy(step, rule):
     return overrides
 
 
-def overrides_circuit(wildcards):
-    return overrides_proxy("select_circuit", "select_circuit")(wildcards) + [
-        f"cdt.k={wildcards.k}"
-    ]
+def overrides_circuit_size(step):
+    """Param function of a job of one circuit size: cdt.k, and k as the record's coordinate."""
 
+    def overrides(wildcards):
+        k = wildcards.k
+        return overrides_proxy(step, step)(wildcards) + [f"cdt.k={k}", f"grid.k='{k}'"]
 
-def overrides_faithfulness(wildcards):
-    return overrides_proxy("faithfulness", "faithfulness")(wildcards) + [
-        f"cdt.k={wildcards.k}"
-    ]
+    overrides.__name__ = f"overrides_{step}"
+    return overrides
 
 
 def overrides_proxy_eval(wildcards):
@@ -309,13 +285,15 @@ def overrides_proxy_eval(wildcards):
 
 
 def _pair(wildcards, step, rule):
-    name, _ = split_variant(wildcards.variant)
+    name, k = split_variant(wildcards.variant)
     ov = _common(wildcards, step, rule)
     ov += [
         f"proxy={wildcards.proxy}",
         f"target={wildcards.target}",
         f"seed={wildcards.seed}",
+        f"grid.variant={name}",
     ]
+    ov += [] if k is None else [f"grid.k='{k}'"]
     return ov + list(METHODS[name]["overrides"])
 
 

@@ -2,9 +2,9 @@ rule evaluate:
     """Target accuracy / macro-F1, proxy accuracy after transfer (forgetting), % parameters updated."""
     input:
         checkpoint=evaluated_checkpoint,
-        baseline_metrics=proxy_baseline_metrics,
+        baseline_metrics=rules.evaluate_proxy.output.metrics,
     output:
-        metrics=results(f"{RUN}/metrics.json"),
+        metrics=at("metrics"),
     log:
         logfile("evaluate", RUN),
     benchmark:

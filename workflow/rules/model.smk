@@ -1,11 +1,11 @@
 rule prepare_model:
     """Materialise the base model as a Hugging Face folder (offline conversion or hub download)."""
     output:
-        model_dir=directory(models("{model}")),
+        model_dir=directory(at("model_dir")),
     log:
-        models("logs/prepare_model/{model}.log"),
+        logfile("prepare_model", "{model}", root=M),
     benchmark:
-        models("benchmarks/prepare_model/{model}.tsv")
+        benchfile("prepare_model", "{model}", root=M)
     conda:
         "../envs/ctsft.yaml"
     threads: 1

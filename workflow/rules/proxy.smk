@@ -1,9 +1,9 @@
 rule finetune:
     """Competence tuning: full fine-tuning of the base model on the proxy language (theta_1)."""
     input:
-        model_dir=model_dir,
+        model_dir=rules.prepare_model.output.model_dir,
     output:
-        checkpoint=directory(results(f"{PROXY}/proxy_checkpoint")),
+        checkpoint=directory(at("proxy_checkpoint")),
     log:
         logfile("finetune", PROXY),
     benchmark:
@@ -25,9 +25,9 @@ rule finetune:
 rule evaluate_proxy:
     """theta_1 on the proxy test set: the 'before' of the forgetting measure."""
     input:
-        checkpoint=proxy_checkpoint,
+        checkpoint=rules.finetune.output.checkpoint,
     output:
-        metrics=results(f"{PROXY}/proxy_eval/metrics.json"),
+        metrics=at("proxy_metrics"),
     log:
         logfile("evaluate_proxy", PROXY),
     benchmark:

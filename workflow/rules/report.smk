@@ -22,6 +22,8 @@ rule tables:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        tasks=TASKS_RUN,
     script:
         "../scripts/tables.py"
 
@@ -32,19 +34,19 @@ rule figures:
         metrics=metrics_files(),
     output:
         accuracy_vs_params=report(
-            results("figures/accuracy_vs_params.png"),
+            at("figure", figure="accuracy_vs_params"),
             caption="../report/accuracy_vs_params.rst",
             category="Figures",
             labels={"figure": "accuracy vs. parameters updated"},
         ),
         forgetting=report(
-            results("figures/forgetting.png"),
+            at("figure", figure="forgetting"),
             caption="../report/forgetting.rst",
             category="Figures",
             labels={"figure": "forgetting"},
         ),
         tradeoff=report(
-            results("figures/tradeoff.png"),
+            at("figure", figure="tradeoff"),
             caption="../report/tradeoff.rst",
             category="Figures",
             labels={"figure": "editing vs. preserving"},

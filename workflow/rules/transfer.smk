@@ -3,7 +3,7 @@ rule transfer:
     input:
         unpack(transfer_inputs),
     output:
-        checkpoint=directory(results(f"{RUN}/checkpoint")),
+        checkpoint=directory(at("checkpoint")),
     log:
         logfile("transfer", RUN),
     benchmark:

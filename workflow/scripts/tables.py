@@ -4,7 +4,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ctsft.report.tables import TABLE_OF_TASK, build_tables
+from ctsft.report.tables import build_tables
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
 
@@ -12,12 +12,7 @@ with open(snakemake.log[0], "w") as log_file:
     sys.stdout = sys.stderr = log_file
     logging.basicConfig(level=logging.INFO, stream=log_file, force=True)
     out_dir = Path(snakemake.output.tables[0]).parent
-    tasks = [
-        task
-        for task in TABLE_OF_TASK
-        if any(f"/{TABLE_OF_TASK[task]}." in p for p in snakemake.output.tables)
-    ]
-    written = build_tables(snakemake.input.metrics, out_dir, tasks=tasks)
+    written = build_tables(snakemake.input.metrics, out_dir, tasks=snakemake.params.tasks)
     for name, files in written.items():
         print(name, *files)
     missing = [p for p in snakemake.output.tables if not Path(p).exists()]

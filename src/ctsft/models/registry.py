@@ -38,6 +38,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("tiny_llama", "tiny", "causal", tiny_arch="llama"),
         ModelSpec("tiny_qwen2", "tiny", "causal", tiny_arch="qwen2"),
         ModelSpec("tiny_gemma3", "tiny", "causal", tiny_arch="gemma3"),
+        ModelSpec("tiny_gpt2", "tiny", "causal", tiny_arch="gpt2"),
     )
 }
 

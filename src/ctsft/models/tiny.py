@@ -8,6 +8,7 @@ from transformers import (
     BertConfig,
     BertForSequenceClassification,
     Gemma3TextConfig,
+    GPT2Config,
     LlamaConfig,
     PretrainedConfig,
     Qwen2Config,
@@ -36,6 +37,13 @@ def tiny_config(arch: str, num_labels: int = 3) -> PretrainedConfig:
             **common, intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         )  # fmt: skip
+    if arch == "gpt2":
+        # GPT-2's own names; tied lm_head as in GPT-2; no dropout; special ids of the tiny tokenizer
+        return GPT2Config(
+            vocab_size=TINY_VOCAB, n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=128,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, bos_token_id=2,
+            eos_token_id=3,
+        )  # fmt: skip
     decoder = dict(
         **common, intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=False
     )
@@ -49,7 +57,7 @@ def tiny_config(arch: str, num_labels: int = 3) -> PretrainedConfig:
             layer_types=["sliding_attention", "full_attention"],
         )  # fmt: skip
     raise CtsftError(
-        f"unknown tiny architecture {arch!r}: choose bert, xlmr, llama, qwen2 or gemma3"
+        f"unknown tiny architecture {arch!r}: choose bert, xlmr, llama, qwen2, gemma3 or gpt2"
     )
 
 

@@ -23,9 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ctsft.layout import FIGURES as FIGURES  # noqa: E402  (re-exported: the figure names)
 from ctsft.report.records import method_sort_key, read_records  # noqa: E402
-
-FIGURES = ("accuracy_vs_params", "forgetting", "tradeoff")
 
 
 def _panels(records: pd.DataFrame) -> list[tuple[str, str]]:

@@ -3,11 +3,13 @@
 Forgetting follows the evaluate step's sign: proxy accuracy after transfer minus before
 (negative = forgotten).
 
-Where a run sits in the grid (task, model, proxy, target, method, k, seed) is read from the
-workflow's path layout, `.../{task}/{model}/{proxy}-{target}/{method}[/k{k}]/seed{seed}/metrics.json`,
-and, where the path does not say it, from the metrics file itself. The path wins because it is
-what the workflow varies: a renamed method variant (`ctsft_lr1e-4`) is its own table row even
-though its metrics say `method: ctsft`.
+Where a run sits in the grid (task, model, proxy, target, variant, k, seed) is read from the
+record itself: the evaluate step writes its `grid` block (`ctsft.config.coordinates`), where the
+variant is the workflow's name for it, so a renamed method variant (`ctsft_lr1e-4`) is its own
+table row although its metrics say `method: ctsft`, and a change of the path layout cannot move
+a run to another row. Metrics files written before records carried a `grid` block are placed by
+the old layout, `.../{task}/{model}/{proxy}-{target}/{method}[/k{k}]/seed{seed}/metrics.json`
+(`parse_path`), and by their own top-level fields.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ _K = re.compile(r"^k(.+)$")
 
 
 def parse_path(path: str | Path) -> dict:
-    """Grid coordinates of a metrics file from the workflow layout ({} when it does not match)."""
+    """Grid coordinates of a legacy metrics file (no `grid` block) from the workflow layout ({}
+    when it does not match)."""
     parts = Path(path).parts
     if len(parts) < 5 or parts[-1] != "metrics.json":
         return {}
@@ -101,10 +104,16 @@ def read_record(path: str | Path) -> dict:
         raise CtsftError(f"metrics file {path} does not exist: run its evaluation first") from None
     except json.JSONDecodeError as err:
         raise CtsftError(f"metrics file {path} is not valid JSON ({err.msg})") from None
-    record = {
-        key: metrics.get(key) for key in ("task", "model", "proxy", "target", "method", "k", "seed")
-    }
-    record.update({key: value for key, value in parse_path(path).items() if value is not None})
+    grid = metrics.get("grid")
+    if isinstance(grid, dict):  # the record's own coordinates; the variant is the table row
+        record = {key: grid.get(key) for key in ("task", "model", "proxy", "target", "k", "seed")}
+        record["method"] = grid.get("variant")
+    else:
+        record = {
+            key: metrics.get(key)
+            for key in ("task", "model", "proxy", "target", "method", "k", "seed")
+        }
+        record.update({key: value for key, value in parse_path(path).items() if value is not None})
     for key in METRICS:
         record[key] = _number(metrics.get(key, metrics.get(ALIASES.get(key, ""))))
     before = metrics.get("proxy_accuracy_before", metrics.get("baseline_proxy_accuracy"))

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ctsft.layout import TABLE_FORGETTING, TABLE_FORMATS, TABLE_OF_TASK
 from ctsft.report.records import method_sort_key, read_records
 from ctsft.report.stats import accuracy_interval, macro_f1_interval, paired_difference
 
-TABLE_OF_TASK = {"nusax": "table1_nusax", "xnli": "table2_xnli"}
-TABLE_FORGETTING = "table3_forgetting"
 MARKS = "† / ‡: CT-SFT differs from full_ft / near_zero on the same test rows (paired bootstrap, p < 0.05)"
 TITLES = {
     "table1_nusax": "Table 1. NusaX-Senti: target-language accuracy / macro-F1 (%), mean over seeds "
@@ -39,7 +38,6 @@ TITLES = {
     TABLE_FORGETTING: "Table 3. Forgetting: proxy-language test accuracy (%) before and after transfer; "
     "change = after − before (negative = forgotten), [95% bootstrap interval, paired for the change]",
 }
-FORMATS = ("csv", "md", "tex")
 ALPHA = 0.05
 CI_COLUMNS = ["accuracy_ci_lo", "accuracy_ci_hi", "macro_f1_ci_lo", "macro_f1_ci_hi"]
 COMPARED = {"full_ft": "p_vs_full_ft", "near_zero": "p_vs_near_zero"}
@@ -312,7 +310,7 @@ def to_latex(display: pd.DataFrame, title: str, label: str) -> str:
 
 def write_table(long: pd.DataFrame, display: pd.DataFrame, name: str, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.{fmt}" for fmt in FORMATS]
+    paths = [out_dir / f"{name}.{fmt}" for fmt in TABLE_FORMATS]
     long.to_csv(paths[0], index=False, float_format="%.10g")
     paths[1].write_text(to_markdown(display, TITLES[name]))
     paths[2].write_text(to_latex(display, TITLES[name], name))

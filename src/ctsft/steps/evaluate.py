@@ -4,8 +4,8 @@
         [io.baseline_metrics=<metrics.json of the proxy checkpoint>]
 
 forgetting = proxy test accuracy of this checkpoint - `proxy_accuracy` of io.baseline_metrics.
-% parameters updated comes from the checkpoint's training record (0 for method=zero_shot, which
-evaluates the proxy checkpoint as is).
+% parameters updated comes from the checkpoint's training record (0 for a method that trains
+nothing, such as zero_shot, which evaluates the proxy checkpoint as is).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from ctsft.artifacts import read_metrics
 from ctsft.cli import run_step
-from ctsft.config import require, task_spec, to_dict
+from ctsft.config import coordinates, require, task_spec, to_dict
 from ctsft.data import data_checksum, load_split, subsample
 from ctsft.errors import CtsftError
 from ctsft.evaluate import EVAL_SEED, classification_metrics, forgetting, predict
@@ -29,6 +29,7 @@ from ctsft.models.task_model import TASK_MODEL_FILE
 from ctsft.provenance import provenance, sha256_file
 from ctsft.runtime import oom_hint, runtime_from_cfg
 from ctsft.tracking import log_evaluation
+from ctsft.train.methods import method_trains
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def run(cfg: DictConfig) -> dict:
     meta_file = Path(checkpoint) / TASK_MODEL_FILE
     training = read_json(meta_file).get("training") if meta_file.is_file() else None
     if not training:  # a base model folder, or a copy without its record: no method, no % updated
-        rerun = "finetune" if str(cfg.method.name) == "zero_shot" else "transfer"
+        rerun = "transfer" if method_trains(cfg.method) else "finetune"
         raise CtsftError(f"{checkpoint} has no training record ({TASK_MODEL_FILE}): not a finished checkpoint; rerun the {rerun} (snakemake <its metrics.json> --forcerun {rerun})")  # fmt: skip
     loaded = time.perf_counter()
     batch = int(cfg.train.eval_batch_size)
@@ -90,8 +91,9 @@ def run(cfg: DictConfig) -> dict:
             proxy = classification_metrics(proxy_gold, proxy_preds, spec.label_names)
     proxy_done = time.perf_counter()
     method = str(cfg.method.name)
+    trained = method_trains(cfg.method)
     total = sum(p.numel() for p in model.hf.parameters())
-    updated = 0 if method == "zero_shot" else int(training.get("trainable", 0))
+    updated = int(training.get("trainable", 0)) if trained else 0
     baseline, baseline_predictions = _baseline(cfg.io.get("baseline_metrics"))
     prov = provenance(
         config=to_dict(cfg),
@@ -106,6 +108,7 @@ def run(cfg: DictConfig) -> dict:
         eval_seed=EVAL_SEED,
     )
     metrics = {
+        "grid": coordinates(cfg),
         "task": spec.name,
         "method": method,
         "proxy": str(cfg.proxy),
@@ -124,7 +127,7 @@ def run(cfg: DictConfig) -> dict:
         "params_updated": updated,
         "params_total": total,
         "params_updated_pct": 100.0 * updated / total if total else 0.0,
-        "training_steps": 0 if method == "zero_shot" else training.get("steps"),
+        "training_steps": training.get("steps") if trained else 0,
         "timings": {
             "load_s": loaded - started,
             "target_eval_s": target_done - loaded,

@@ -24,7 +24,7 @@ from ctsft.cdt.scores import read_scores, score_heads, scores_matrix
 from ctsft.circuit.faithfulness import ablation_report, spearman, summarize_random
 from ctsft.circuit.selection import random_head_sets
 from ctsft.cli import run_step
-from ctsft.config import require, to_dict
+from ctsft.config import coordinates, require, to_dict
 from ctsft.data import subsample
 from ctsft.io import write_json
 from ctsft.provenance import provenance, sha256_file
@@ -70,6 +70,7 @@ def run(cfg: DictConfig) -> dict:
             directional, _ = score_heads(engine, data, mu, "directional", int(cfg.cdt.head_batch))
         correlations["directional"] = spearman(directional.numpy(), effects.numpy())
     result = {
+        "grid": coordinates(cfg, pair=False),
         "model": str(cfg.model.name),
         "task": str(cfg.task.name),
         "proxy": str(cfg.proxy),

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from ctsft.cli import run_step
 from ctsft.config import require
 from ctsft.train.run import run_training
+from ctsft.workflow_config import method_config
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict:
     """Train io.model_dir on the proxy train split with full_ft; write io.checkpoint."""
     model_dir, checkpoint = require(cfg, "model_dir", "checkpoint")
-    method = OmegaConf.create({"name": "full_ft", "heads": None})
+    method = OmegaConf.create(method_config("full_ft"))
     record = run_training(cfg, model_dir, checkpoint, method, str(cfg.proxy))
     log.info(
         "proxy checkpoint %s: %d steps, final loss %.4f",

@@ -23,7 +23,7 @@ from ctsft.cdt.scores import score_heads, scores_table, write_scores
 from ctsft.circuit.heatmap import plot_heatmap
 from ctsft.circuit.selection import resolve_k, select_heads
 from ctsft.cli import run_step
-from ctsft.config import require
+from ctsft.config import coordinates, require
 from ctsft.io import write_json
 from ctsft.provenance import provenance, sha256_file
 from ctsft.runtime import oom_hint
@@ -55,6 +55,7 @@ def run(cfg: DictConfig) -> dict:
         highlight=top,
     )
     record = provenance(
+        grid=coordinates(cfg, pair=False),
         step="score_heads",
         model=cfg.model.name,
         score_kind=kind,

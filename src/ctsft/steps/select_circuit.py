@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from ctsft.cdt.scores import read_scores
 from ctsft.circuit.selection import select_heads
 from ctsft.cli import run_step
-from ctsft.config import require, to_dict
+from ctsft.config import coordinates, require, to_dict
 from ctsft.io import write_json
 from ctsft.provenance import provenance, sha256_file
 
@@ -25,6 +25,7 @@ def run(cfg: DictConfig) -> dict:
     picked = select_heads(table, cfg.cdt.k, int(cfg.cdt.seed))
     kinds = sorted(set(table["score_kind"]))
     circuit = {
+        "grid": coordinates(cfg, pair=False),
         "model": str(cfg.model.name),
         "task": str(cfg.task.name),
         "proxy": str(cfg.proxy),

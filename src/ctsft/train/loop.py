@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -162,8 +163,108 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     )
 
 
+@dataclass
+class TrainState:
+    """Everything `fit` carries from one optimizer step to the next: the position in the run and
+    the early-stopping record. One object, so a resume file can store it whole (RNG, optimizer and
+    schedule state come from their owners at save time instead)."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batch_pos: int = 0  # batches of `epoch` already consumed (a resume may land mid-epoch)
+    best: float = -1.0  # best validation accuracy so far; -1: none yet
+    bad: int = 0  # epochs since `best` last improved
+    best_state: dict[str, torch.Tensor] | None = None  # CPU copy of the best epoch's trainables
+    last_loss: float = float("nan")
+    stopped_early: bool = False  # never saved: a stopped run writes no further resume state
+
+
+# The `TrainState` fields a resume file holds, under these keys (the file format: older files
+# must stay readable, so no field is renamed or required anew).
+_RESUMED = ("step", "epoch", "batch_pos", "best", "bad", "best_state", "last_loss")
+
+
+@dataclass(frozen=True)
+class ResumeFile:
+    """`<checkpoint>.resume/state.pt` (no file when `directory` is None): the trainable tensors,
+    optimizer, schedule, RNG, grad scaler and `TrainState`, written every `every` steps so that a
+    killed run continues bit-exactly. A file whose `fingerprint` differs belongs to another run
+    (config, initial checkpoint, circuit or data) and is deleted rather than continued."""
+
+    directory: Path | None
+    fingerprint: str
+    every: int
+
+    @property
+    def file(self) -> Path | None:
+        return self.directory / "state.pt" if self.directory else None
+
+    def due(self, step: int, total: int) -> bool:
+        """Whether to write after optimizer step `step`; never after the last (the checkpoint
+        follows at once)."""
+        return bool(self.file and self.every and step % self.every == 0 and step < total)
+
+    def save(self, trainer: Trainer, scheduler: LRScheduler) -> None:
+        assert self.file is not None and trainer.optimizer is not None
+        state = {
+            "fingerprint": self.fingerprint,
+            "trainable": trainer._trainable_state(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
+            **{key: getattr(trainer.state, key) for key in _RESUMED},
+        }
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.file) as tmp:
+            torch.save(state, tmp)
+
+    def load(self, trainer: Trainer, scheduler: LRScheduler) -> TrainState | None:
+        """Restore this run's saved state into `trainer` and `scheduler` and return its
+        `TrainState`; None (and the file of another run deleted) when there is none to continue."""
+        if self.file is None or not self.file.is_file():
+            return None
+        saved = torch.load(self.file, weights_only=False, map_location="cpu")
+        if saved.get("fingerprint") != self.fingerprint:
+            log.warning(
+                "discarding resume state in %s: it belongs to another run (its config, "
+                "initial checkpoint, circuit or data differ); training from the start",
+                self.directory,
+            )
+            self.file.unlink()
+            return None
+        assert trainer.optimizer is not None
+        trainer._load_trainable(saved["trainable"])
+        trainer.optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        if trainer.scaler is not None and saved.get("scaler"):
+            trainer.scaler.load_state_dict(saved["scaler"])
+        state = TrainState(**{key: saved[key] for key in _RESUMED})
+        log.info("resuming from %s at step %d", self.directory, state.step)
+        return state
+
+
+@dataclass
+class _Run:
+    """What the pieces of one `fit` call share besides the `TrainState`."""
+
+    train_rows: list[dict[str, Any]]
+    valid_rows: list[dict[str, Any]] | None
+    total: int  # optimizer steps of the whole run
+    epochs: int
+    scheduler: LRScheduler
+    resume: ResumeFile
+    run_log: RunLog | None
+    bar: tqdm
+
+
 class Trainer:
-    """Sets a model up for one method, then trains it (`fit`) and writes the checkpoint (`save`)."""
+    """Sets a model up for one plan, trains it (`fit`), then folds the result into plain weights
+    (`finish`)."""
 
     def __init__(
         self, model: TaskModel, plan: TrainablePlan, config: TrainConfig, seed: int
@@ -176,8 +277,8 @@ class Trainer:
         self.scaler = model.runtime.grad_scaler()
         self.trainable_count = plan.trainable
         self.masked: MaskedModel | None = None
-        if plan.method == "lora":
-            assert plan.lora_rank is not None
+        # What to set up follows from the plan's facts, never from its method's name.
+        if plan.lora_rank is not None:
             inject_lora(
                 model.hf,
                 plan.lora_modules,
@@ -188,7 +289,7 @@ class Trainer:
         else:
             self.masked = MaskedModel(model.hf, plan)
         self.named = [(n, p) for n, p in model.hf.named_parameters() if p.requires_grad]
-        if plan.method != "zero_shot" and not self.named:
+        if plan.trainable != 0 and not self.named:  # a plan that trains nothing needs none
             raise CtsftError(
                 f"method {plan.method} left no trainable parameter: check the method config"
             )
@@ -199,8 +300,17 @@ class Trainer:
             if self.named
             else None
         )
-        self.step = 0
-        self.last_loss = float("nan")
+        self.state = TrainState()
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken (`state.step`)."""
+        return self.state.step
+
+    @property
+    def last_loss(self) -> float:
+        """Mean loss of the last optimizer step's micro-batches (`state.last_loss`)."""
+        return self.state.last_loss
 
     # -- helpers ------------------------------------------------------------------------------
     def _delta_ids(self) -> set[int]:
@@ -281,11 +391,48 @@ class Trainer:
         progress: bool = True,
         start_record: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Train for the configured epochs/steps; returns a summary of the run."""
-        cfg = self.config
+        """Train for the configured epochs/steps, continuing from `resume_dir` when it holds this
+        run's state (`fingerprint`: the caller's inputs); returns a summary of the run."""
         if not train_rows:
             raise CtsftError("the training split is empty: check task.train_size")
-        n_batches = math.ceil(len(train_rows) / cfg.batch_size)
+        total, epochs, scheduler = self._schedule(len(train_rows))
+        resume = self._resume_file(resume_dir, fingerprint, len(train_rows))
+        resumed = resume.load(self, scheduler)
+        # a fresh fit restarts everything but the step count and the last loss
+        fresh = TrainState(step=self.state.step, last_loss=self.state.last_loss)
+        self.state = fresh if resumed is None else resumed
+        if run_log:
+            run_log.begin(None if resumed is None else resumed.step, start_record or {})
+        self.model.train()
+        started = time.perf_counter()
+        bar = tqdm(
+            total=total,
+            initial=self.state.step,
+            desc=f"train {self.plan.method}",
+            disable=not progress,
+            leave=False,
+        )
+        run = _Run(train_rows, valid_rows, total, epochs, scheduler, resume, run_log, bar)
+        state = self.state
+        while state.epoch < epochs and state.step < total and not state.stopped_early:
+            self._train_epoch(run)
+        bar.close()
+        self._restore_best_epoch()
+        return self._summary(run, time.perf_counter() - started)
+
+    def _resume_file(
+        self, resume_dir: Path | None, fingerprint: dict[str, Any] | None, n_rows: int
+    ) -> ResumeFile:
+        """This run's resume file, keyed by the caller's `fingerprint`, the train config, the
+        seed and the number of training rows."""
+        key = {"fp": fingerprint, "train": asdict(self.config), "seed": self.seed, "rows": n_rows}
+        return ResumeFile(resume_dir, _fingerprint(key), self.config.resume_every)
+
+    def _schedule(self, n_rows: int) -> tuple[int, int, LRScheduler]:
+        """The run's optimizer steps and epochs (`max_steps` caps both, or sets them when
+        `epochs` is 0) and its LR schedule over those steps."""
+        cfg = self.config
+        n_batches = math.ceil(n_rows / cfg.batch_size)
         steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
         total = cfg.epochs * steps_per_epoch
         if cfg.max_steps is not None:
@@ -300,143 +447,84 @@ class Trainer:
             num_warmup_steps=int(cfg.warmup_ratio * total),
             num_training_steps=max(total, 1),
         )
-        fp = _fingerprint(
-            {"fp": fingerprint, "train": asdict(cfg), "seed": self.seed, "rows": len(train_rows)}
-        )
-        epoch, batch_pos, best, bad, best_state = 0, 0, -1.0, 0, None
-        state_file = resume_dir / "state.pt" if resume_dir else None
-        resumed_at = None
-        if state_file and state_file.is_file():
-            saved = torch.load(state_file, weights_only=False, map_location="cpu")
-            if saved.get("fingerprint") == fp:
-                self._load_trainable(saved["trainable"])
-                self.optimizer.load_state_dict(saved["optimizer"])
-                scheduler.load_state_dict(saved["scheduler"])
-                torch.set_rng_state(saved["rng"])
-                if saved.get("cuda_rng") is not None and torch.cuda.is_available():
-                    torch.cuda.set_rng_state_all(saved["cuda_rng"])
-                if self.scaler is not None and saved.get("scaler"):
-                    self.scaler.load_state_dict(saved["scaler"])
-                self.step, epoch, batch_pos = saved["step"], saved["epoch"], saved["batch_pos"]
-                best, bad, best_state = saved["best"], saved["bad"], saved["best_state"]
-                self.last_loss = saved["last_loss"]
-                resumed_at = self.step
-                log.info("resuming from %s at step %d", resume_dir, self.step)
-            else:
-                log.warning(
-                    "discarding resume state in %s: it belongs to another run (its config, "
-                    "initial checkpoint, circuit or data differ); training from the start",
-                    resume_dir,
-                )
-                state_file.unlink()
-        if run_log:
-            run_log.begin(resumed_at, start_record or {})
-        self.model.train()
-        started = time.perf_counter()
-        bar = tqdm(
-            total=total,
-            initial=self.step,
-            desc=f"train {self.plan.method}",
-            disable=not progress,
-            leave=False,
-        )
-        stopped_early = False
-        while epoch < epochs and self.step < total and not stopped_early:
-            batches = self._batches(train_rows, epoch)
-            while batch_pos < len(batches) and self.step < total:
-                window = batches[batch_pos : batch_pos + cfg.grad_accum]
-                loss_sum = sum(
-                    self.backward(self.model.encode(batch), len(window)) for batch in window
-                )
-                lr = scheduler.get_last_lr()[0]
-                grad_norm = self.apply_update(scheduler)
-                self.step += 1
-                batch_pos += len(window)
-                self.last_loss = loss_sum / len(window)
-                bar.update(1)
-                bar.set_postfix(loss=f"{self.last_loss:.4f}")
-                if run_log and (self.step % cfg.log_every == 0 or self.step == total):
-                    run_log.write(
-                        {
-                            "step": self.step,
-                            "epoch": epoch,
-                            "loss": self.last_loss,
-                            "lr": lr,
-                            "grad_norm": grad_norm,
-                        }
-                    )
-                if (
-                    state_file
-                    and cfg.resume_every
-                    and self.step % cfg.resume_every == 0
-                    and self.step < total
-                ):
-                    self._save_resume(
-                        state_file, fp, scheduler, epoch, batch_pos, best, bad, best_state
-                    )
-            if batch_pos >= len(batches):
-                if cfg.early_stopping and valid_rows:
-                    acc = self._accuracy(valid_rows)
-                    if run_log:
-                        run_log.write({"step": self.step, "epoch": epoch, "valid_accuracy": acc})
-                    if acc > best:
-                        best, bad, best_state = acc, 0, self._trainable_state()
-                    else:
-                        bad += 1
-                        stopped_early = bad >= cfg.patience
-                epoch, batch_pos = epoch + 1, 0
-        bar.close()
-        if best_state is not None:
-            self._load_trainable(best_state)
-        return {
-            "steps": self.step,
-            "total_steps": total,
-            "epochs_run": epoch,
-            "final_loss": self.last_loss,
-            "best_valid_accuracy": best if best >= 0 else None,
-            "stopped_early": stopped_early,
-            "train_rows": len(train_rows),
-            "train_seconds": time.perf_counter() - started,
-        }
+        return total, epochs, scheduler
 
-    def _save_resume(
-        self,
-        file: Path,
-        fp: str,
-        scheduler: Any,
-        epoch: int,
-        batch_pos: int,
-        best: float,
-        bad: int,
-        best_state: Any,
-    ) -> None:
-        assert self.optimizer is not None
-        state = {
-            "fingerprint": fp,
-            "trainable": self._trainable_state(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "step": self.step,
-            "epoch": epoch,
-            "batch_pos": batch_pos,
-            "best": best,
-            "bad": bad,
-            "best_state": best_state,
-            "last_loss": self.last_loss,
+    def _train_epoch(self, run: _Run) -> None:
+        """The current epoch's remaining batches (all of them unless resumed mid-epoch), up to
+        the run's step budget; a completed epoch then ends in `_end_epoch`."""
+        state = self.state
+        batches = self._batches(run.train_rows, state.epoch)
+        while state.batch_pos < len(batches) and state.step < run.total:
+            self._optimizer_step(
+                batches[state.batch_pos : state.batch_pos + self.config.grad_accum], run
+            )
+        if state.batch_pos >= len(batches):
+            self._end_epoch(run)
+
+    def _optimizer_step(self, window: list[list[dict[str, Any]]], run: _Run) -> None:
+        """One optimizer step over `window` (its `grad_accum` micro-batches): update, advance the
+        state, log, and write the resume state when due."""
+        state = self.state
+        loss_sum = sum(self.backward(self.model.encode(batch), len(window)) for batch in window)
+        lr = run.scheduler.get_last_lr()[0]
+        grad_norm = self.apply_update(run.scheduler)
+        state.step += 1
+        state.batch_pos += len(window)
+        state.last_loss = loss_sum / len(window)
+        run.bar.update(1)
+        run.bar.set_postfix(loss=f"{state.last_loss:.4f}")
+        if run.run_log and (state.step % self.config.log_every == 0 or state.step == run.total):
+            run.run_log.write(
+                {
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "loss": state.last_loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                }
+            )
+        if run.resume.due(state.step, run.total):
+            run.resume.save(self, run.scheduler)
+
+    def _end_epoch(self, run: _Run) -> None:
+        """Early stopping, when on and there is a validation split: keep the weights of the best
+        epoch so far, and stop after `patience` epochs without improvement. Then the next epoch."""
+        cfg, state = self.config, self.state
+        if cfg.early_stopping and run.valid_rows:
+            acc = self._accuracy(run.valid_rows)
+            if run.run_log:
+                run.run_log.write({"step": state.step, "epoch": state.epoch, "valid_accuracy": acc})
+            if acc > state.best:
+                state.best, state.bad, state.best_state = acc, 0, self._trainable_state()
+            else:
+                state.bad += 1
+                state.stopped_early = state.bad >= cfg.patience
+        state.epoch, state.batch_pos = state.epoch + 1, 0
+
+    def _restore_best_epoch(self) -> None:
+        """After early stopping's epochs: end on the weights of the best one, not the last."""
+        if self.state.best_state is not None:
+            self._load_trainable(self.state.best_state)
+
+    def _summary(self, run: _Run, seconds: float) -> dict[str, Any]:
+        state = self.state
+        return {
+            "steps": state.step,
+            "total_steps": run.total,
+            "epochs_run": state.epoch,
+            "final_loss": state.last_loss,
+            "best_valid_accuracy": state.best if state.best >= 0 else None,
+            "stopped_early": state.stopped_early,
+            "train_rows": len(run.train_rows),
+            "train_seconds": seconds,
         }
-        file.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(file) as tmp:
-            torch.save(state, tmp)
 
     def finish(self) -> None:
         """Fold deltas / LoRA back into plain weights (the model is then an ordinary HF model)."""
         if self.masked is not None:
             self.masked.merge()
             self.masked = None
-        elif self.plan.method == "lora":
+        elif self.plan.lora_rank is not None:
             merge_lora(self.model.hf)
         for param in self.model.hf.parameters():
             param.requires_grad_(True)

@@ -1,34 +1,46 @@
-"""Which parameters a method trains, declared as data (a `TrainablePlan`) before anything is touched.
+"""Methods as a registry: a method is a YAML of config/hydra/method/ whose `kind` names a
+registered plan builder; the kind, once, says what the method trains (a `TrainablePlan`, declared
+as data before anything is touched), whether it trains at all and whether it reads a circuit.
+Nothing else in the code names a method: the steps and the workflow ask `method_trains` and
+`method_needs_circuit`.
 
-Methods:
-- `full_ft`: every parameter (the proxy competence tuning and the continued-fine-tuning baseline).
-- `ctsft` / `near_zero` / `random_heads`: the q/k/v rows and o columns (and bias slices) of the
-  chosen heads, via `adapter.head_slices`, plus every LayerNorm/RMSNorm parameter when
-  `method.train_norms`. Under grouped-query attention `kv_policy: shared` also trains the k/v rows
-  of the key/value head each chosen query head reads (shared with the rest of its group, so the
-  group's other heads see the change); `frozen` trains only q rows and o columns.
-- `lora`: PEFT LoRA matrices on the q/k/v/o projections (see `ctsft.train.lora`).
-- `zero_shot`: nothing.
+Kinds (PEFT's `register_peft_method` is the model):
+- `all`: every parameter (`full_ft`: the proxy competence tuning and the continued-fine-tuning
+  baseline).
+- `heads`: the q/k/v rows and o columns (and bias slices) of the heads `method.heads` names in the
+  circuit JSON (`ctsft`, `near_zero`, `random_heads`), via `adapter.head_slices`, plus every
+  LayerNorm/RMSNorm parameter when `method.train_norms`. Under grouped-query attention
+  `kv_policy: shared` also trains the k/v rows of the key/value head each chosen query head reads
+  (shared with the rest of its group, so the group's other heads see the change); `frozen` trains
+  only q rows and o columns.
+- `lora`: PEFT LoRA matrices on the q/k/v/o projections (see `ctsft.train.lora`); with
+  `method.rank: null` the rank matches CT-SFT's budget, read from the circuit.
+- `none`: nothing (`zero_shot`: the proxy checkpoint is evaluated as is).
+
+Adding a method is one YAML (`kind: heads` with `kv_policy: frozen` under a new name), plus at
+most one function registered with `@register_kind` for a new way of choosing parameters.
 
 The encoder classifier head (pooler + classifier) was trained in the proxy step: it stays frozen in
-every method but `full_ft`, so CT-SFT updates exactly heads + norms as in the paper, and the
-controls and LoRA get the same treatment. `model.freeze_embeddings` freezes the token-embedding
-table in every method (including `full_ft`).
+every kind but `all`, so CT-SFT updates exactly heads + norms as in the paper, and the controls
+and LoRA get the same treatment. `model.freeze_embeddings` freezes the token-embedding table in
+every method (including `full_ft`).
+
+This module imports no torch at import time: the workflow's config check reads the registry.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ctsft.errors import CtsftError
 
-HEAD_METHODS = ("ctsft", "near_zero", "random_heads")
-METHODS = ("full_ft", *HEAD_METHODS, "lora", "zero_shot")
+if TYPE_CHECKING:
+    from torch import nn
+
 HEAD_LISTS = ("circuit", "near_zero", "random")
 
 
@@ -61,7 +73,7 @@ class TrainablePlan:
         return f"{n:,} trainable, {pct:.2f}% of the model, in: {self.where()}"
 
     def where(self) -> str:
-        if self.method == "lora":
+        if self.lora_rank is not None:
             mods = sorted({re.sub(r"\.\d+\.", ".*.", m) for m in self.lora_modules})
             return f"LoRA rank {self.lora_rank} on " + ", ".join(mods)
         if not self.entries:
@@ -113,15 +125,6 @@ def merge_entries(entries: list[TrainEntry]) -> list[TrainEntry]:
     return out
 
 
-def classifier_parameter_names(hf_model: nn.Module) -> list[str]:
-    """Task-head parameters of an encoder (pooler + classifier); none for a causal LM."""
-    return [
-        n
-        for n, _ in hf_model.named_parameters()
-        if n.startswith(("classifier.", "bert.pooler.", "roberta.pooler."))
-    ]
-
-
 def embedding_parameter_names(hf_model: nn.Module) -> list[str]:
     """The token-embedding table (what `model.freeze_embeddings` freezes)."""
     table = hf_model.get_input_embeddings().weight
@@ -170,6 +173,129 @@ def head_entries(
     return merge_entries(entries)
 
 
+@dataclass(frozen=True)
+class PlanInputs:
+    """What a plan builder may read: the model, its adapter, the method config and the circuit."""
+
+    hf_model: nn.Module
+    adapter: Any
+    method: Mapping[str, Any]
+    circuit: dict[str, Any] | None
+    frozen_tables: frozenset[str]
+
+    def need_circuit(self, why: str) -> dict[str, Any]:
+        if self.circuit is None:
+            raise CtsftError(f"method {self.method['name']} {why}: it needs io.circuit (the circuit JSON of the CD-T step)")  # fmt: skip
+        return self.circuit
+
+
+PlanBuilder = Callable[[TrainablePlan, PlanInputs], None]
+
+
+@dataclass(frozen=True)
+class MethodKind:
+    """A registered way of choosing what to train, and the two facts the workflow asks of it."""
+
+    name: str
+    build: PlanBuilder
+    trains: bool
+    needs_circuit: Callable[[Mapping[str, Any]], bool]
+
+
+KINDS: dict[str, MethodKind] = {}
+
+
+def register_kind(
+    name: str,
+    *,
+    trains: bool = True,
+    needs_circuit: Callable[[Mapping[str, Any]], bool] = lambda method: False,
+) -> Callable[[PlanBuilder], PlanBuilder]:
+    """Register `build(plan, inputs)` as method kind `name` (a method YAML's `kind:`)."""
+
+    def register(build: PlanBuilder) -> PlanBuilder:
+        KINDS[name] = MethodKind(name, build, trains, needs_circuit)
+        return build
+
+    return register
+
+
+def complete_method(method: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A method config as composed from its YAML; a bare `{"name": "ctsft", ...}` (a library
+    call) is read over the YAML of that name, so its defaults come from one place."""
+    if "kind" in method:
+        return method
+    from ctsft.workflow_config import method_config, method_names
+
+    name = str(method.get("name"))
+    if name not in method_names():
+        raise CtsftError(f"unknown method {name!r}: choose one of {', '.join(method_names())}")
+    return {**method_config(name), **method}
+
+
+def method_kind(method: Mapping[str, Any]) -> MethodKind:
+    """The registered kind of a method config; one line naming the choices otherwise."""
+    kind = complete_method(method).get("kind")
+    if kind not in KINDS:
+        raise CtsftError(f"method {method.get('name')!r} has kind {kind!r}: set method.kind to one of {', '.join(KINDS)}")  # fmt: skip
+    return KINDS[kind]
+
+
+def method_trains(method: Mapping[str, Any]) -> bool:
+    """False for a method that evaluates its starting checkpoint as is (zero-shot)."""
+    return method_kind(method).trains
+
+
+def method_needs_circuit(method: Mapping[str, Any]) -> bool:
+    """True when the method reads the circuit JSON of the CD-T step."""
+    return method_kind(method).needs_circuit(complete_method(method))
+
+
+@register_kind("all")
+def _plan_all(plan: TrainablePlan, inputs: PlanInputs) -> None:
+    plan.entries = [
+        TrainEntry(n)
+        for n, _ in inputs.hf_model.named_parameters()
+        if n not in inputs.frozen_tables
+    ]
+
+
+@register_kind("heads", needs_circuit=lambda method: True)
+def _plan_heads(plan: TrainablePlan, inputs: PlanInputs) -> None:
+    geo = inputs.adapter.geometry
+    circuit = inputs.need_circuit("trains selected heads")
+    method = inputs.method
+    plan.heads = circuit_heads(circuit, str(method["heads"]), geo.n_layers, geo.n_heads)
+    plan.entries = head_entries(
+        inputs.adapter, plan.heads, str(method["kv_policy"]), bool(method["train_norms"])
+    )
+
+
+@register_kind("lora", needs_circuit=lambda method: method.get("rank") is None)
+def _plan_lora(plan: TrainablePlan, inputs: PlanInputs) -> None:
+    from ctsft.train.lora import choose_rank, lora_count, lora_target_modules
+
+    hf_model, adapter = inputs.hf_model, inputs.adapter
+    plan.lora_modules = lora_target_modules(hf_model, adapter)
+    rank = inputs.method.get("rank")
+    if rank is None:
+        circuit = inputs.need_circuit("with method.rank=null matches CT-SFT's budget (or set method.rank)")  # fmt: skip
+        geo = adapter.geometry
+        heads = circuit_heads(circuit, "circuit", geo.n_layers, geo.n_heads)
+        params = dict(hf_model.named_parameters())
+        target = sum(
+            _entry_numel(e, params[e.name]) for e in head_entries(adapter, heads, "shared", True)
+        )
+        rank = choose_rank(hf_model, plan.lora_modules, target)
+    plan.lora_rank = int(rank)
+    plan.trainable = lora_count(hf_model, plan.lora_modules, plan.lora_rank)
+
+
+@register_kind("none", trains=False)
+def _plan_none(plan: TrainablePlan, inputs: PlanInputs) -> None:
+    """Nothing to train."""
+
+
 def build_plan(
     hf_model: nn.Module,
     adapter: Any,
@@ -177,53 +303,25 @@ def build_plan(
     circuit: dict[str, Any] | None = None,
     freeze_embeddings: bool = False,
 ) -> TrainablePlan:
-    """The trainable set of `method_cfg.name` for this model (circuit needed by head methods and LoRA)."""
-    method = str(method_cfg.name)
-    if method not in METHODS:
-        raise CtsftError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    total = sum(p.numel() for p in hf_model.parameters())
-    plan = TrainablePlan(method=method, total=total)
-    frozen_tables = set(embedding_parameter_names(hf_model)) if freeze_embeddings else set()
-    if method == "full_ft":
-        plan.entries = [
-            TrainEntry(n) for n, _ in hf_model.named_parameters() if n not in frozen_tables
-        ]
-    elif method in HEAD_METHODS:
-        geo = adapter.geometry
-        if circuit is None:
-            raise CtsftError(
-                f"method {method} needs io.circuit (the circuit JSON of the CD-T step)"
-            )
-        plan.heads = circuit_heads(circuit, str(method_cfg.heads), geo.n_layers, geo.n_heads)
-        plan.entries = head_entries(
-            adapter,
-            plan.heads,
-            str(method_cfg.get("kv_policy", "shared")),
-            bool(method_cfg.get("train_norms", True)),
-        )
-    elif method == "lora":
-        from ctsft.train.lora import choose_rank, lora_target_modules
-
-        plan.lora_modules = lora_target_modules(hf_model, adapter)
-        rank = method_cfg.get("rank")
-        if rank is None:
-            if circuit is None:
-                raise CtsftError(
-                    "method lora with method.rank=null matches CT-SFT's budget: it needs io.circuit "
-                    "(or set method.rank)"
-                )
-            geo = adapter.geometry
-            heads = circuit_heads(circuit, "circuit", geo.n_layers, geo.n_heads)
-            target = sum(
-                _entry_numel(e, dict(hf_model.named_parameters())[e.name])
-                for e in head_entries(adapter, heads, "shared", True)
-            )
-            rank = choose_rank(hf_model, plan.lora_modules, target)
-        plan.lora_rank = int(rank)
-        from ctsft.train.lora import lora_count
-
-        plan.trainable = lora_count(hf_model, plan.lora_modules, plan.lora_rank)
-        return plan
-    params = dict(hf_model.named_parameters())
-    plan.trainable = sum(_entry_numel(e, params[e.name]) for e in plan.entries)
+    """The trainable set of `method_cfg` (its registered `kind`) for this model."""
+    method_cfg = complete_method(method_cfg)
+    kind = method_kind(method_cfg)
+    plan = TrainablePlan(method=str(method_cfg["name"]), total=sum(p.numel() for p in hf_model.parameters()))  # fmt: skip
+    frozen = frozenset(embedding_parameter_names(hf_model)) if freeze_embeddings else frozenset()
+    kind.build(plan, PlanInputs(hf_model, adapter, method_cfg, circuit, frozen))
+    if plan.lora_rank is None:
+        params = dict(hf_model.named_parameters())
+        plan.trainable = sum(_entry_numel(e, params[e.name]) for e in plan.entries)
     return plan
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """`METHODS` (every method YAML) and `HEAD_METHODS` (those of kind `heads`), read from
+    config/hydra/method/ when first asked for, so they cannot drift from the YAML."""
+    from ctsft.workflow_config import method_config, method_names
+
+    if name == "METHODS":
+        return tuple(method_names())
+    if name == "HEAD_METHODS":
+        return tuple(n for n in method_names() if method_config(n).get("kind") == "heads")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
