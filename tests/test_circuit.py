@@ -67,7 +67,7 @@ def test_discovery_steps_end_to_end(model: str, tiny_model_dirs: dict, tmp_path:
     }  # fmt: skip
     cfg = compose(
         [f"model={model}", "cdt.n_per_label=3", "cdt.correct_only=false", "cdt.k=2",
-         "cdt.random_sets=2", "cdt.eval_size=12", "cdt.batch_size=8"]
+         "cdt.random_sets=2", "task.eval_size=12", "cdt.batch_size=8"]
         + [f"io.{k}={v}" for k, v in io.items()]
     )  # fmt: skip
     mean_baseline.run(cfg)

@@ -88,7 +88,7 @@ def test_xlmr_through_discovery_transfer_and_evaluation(xlmr_dir: Path, tmp_path
         ["model=tiny_xlmr", "train=tiny", "method=ctsft", "target=jav", "threads=1"]
         + ["task.train_size=12", "task.eval_size=12"]
         + ["cdt.n_per_label=3", "cdt.correct_only=false", "cdt.k=2", "cdt.random_sets=2"]
-        + ["cdt.eval_size=12", "cdt.batch_size=8"]
+        + ["task.eval_size=12", "cdt.batch_size=8"]
         + [f"io.{k}={v}" for k, v in io.items()]
     )
     record = mean_baseline.run(cfg)

@@ -198,17 +198,23 @@ def method_names() -> list[str]:
     return sorted(p.stem for p in (config_dir() / "method").glob("*.yaml"))
 
 
-def method_config(name: str) -> dict[str, Any]:
-    """config/hydra/method/<name>.yaml with its `defaults:` chain of the same group merged in, as
-    Hydra composes it (read without Hydra: Snakemake calls this on every invocation)."""
-    data = yaml.safe_load((config_dir() / "method" / f"{name}.yaml").read_text()) or {}
+def group_config(group: str, name: str) -> dict[str, Any]:
+    """config/hydra/<group>/<name>.yaml with its `defaults:` chain of the same group merged in,
+    as Hydra composes it (read without Hydra: Snakemake calls this on every invocation, and the
+    library's dataclasses take their defaults from it, so the YAML is the one place for each)."""
+    data = yaml.safe_load((config_dir() / group / f"{name}.yaml").read_text()) or {}
     chain = list(data.pop("defaults", []))
     if "_self_" not in chain:
         chain.append("_self_")  # Hydra's place for it when the list does not say
     merged: dict[str, Any] = {}
     for item in chain:
-        merged.update(data if item == "_self_" else method_config(str(item)))
+        merged.update(data if item == "_self_" else group_config(group, str(item)))
     return merged
+
+
+def method_config(name: str) -> dict[str, Any]:
+    """config/hydra/method/<name>.yaml as composed (see `group_config`)."""
+    return group_config("method", name)
 
 
 def method_facts(method: str, overrides: list[str]) -> tuple[bool, bool]:

@@ -21,6 +21,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from ctsft.workflow_config import group_config
+
 log = logging.getLogger(__name__)
 
 Convention = Literal["reference", "simple"]
@@ -28,19 +30,24 @@ Activation = Callable[[torch.Tensor], torch.Tensor]
 Parts = tuple[torch.Tensor, torch.Tensor]
 
 
+_CDT = group_config("cdt", "default")
+
+
 @dataclass(frozen=True)
 class CDTOptions:
-    """Switchable CD-T conventions (defaults = the authors' released implementation).
+    """Switchable CD-T conventions; the defaults are those of config/hydra/cdt/default.yaml (the
+    authors' released implementation), read from it so that they live in one place.
 
     `compile`: fuse each node's elementwise rules with `torch.compile` (needs a C++ compiler;
-    falls back to eager with a warning). Off by default in the library, on in the workflow config.
+    falls back to eager with a warning). Off in the YAML; the workflow configs turn it on for the
+    CD-T steps.
     """
 
-    convention: Convention = "reference"
-    frozen_attention: bool = False
-    normalize_rel_irrel: bool = True
-    bias_eps: float = 1e-8
-    compile: bool = False
+    convention: Convention = _CDT["convention"]
+    frozen_attention: bool = _CDT["frozen_attention"]
+    normalize_rel_irrel: bool = _CDT["normalize_rel_irrel"]
+    bias_eps: float = float(_CDT["bias_eps"])
+    compile: bool = _CDT["compile"]
 
     def __post_init__(self) -> None:
         if self.convention not in ("reference", "simple"):

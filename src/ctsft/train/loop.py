@@ -39,6 +39,7 @@ from ctsft.tracking import start_run
 from ctsft.train.lora import inject_lora, merge_lora
 from ctsft.train.masking import MaskedModel
 from ctsft.train.methods import TrainablePlan
+from ctsft.workflow_config import group_config
 
 log = logging.getLogger(__name__)
 
@@ -49,35 +50,42 @@ RESUME_INPUTS = ("init_sha256", "base_model_sha256", "circuit_sha256", "data_che
 _SCHEDULES = {"linear": "linear", "constant": "constant_with_warmup", "cosine": "cosine"}
 
 
+_TRAIN = group_config("train", "default")
+_LORA = group_config("method", "lora")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """The `train` config group as typed values (see config/hydra/train/default.yaml)."""
+    """The `train` config group as typed values. The defaults are read from
+    config/hydra/train/default.yaml (LoRA's from method/lora.yaml), the one place they live."""
 
-    epochs: int = 5
-    max_steps: int | None = None
-    lr: float = 5e-5
-    batch_size: int = 16
-    grad_accum: int = 1
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    schedule: str = "linear"
-    max_grad_norm: float | None = 1.0
-    early_stopping: bool = False
-    patience: int = 2
-    eval_batch_size: int = 32
-    resume_every: int = 50
-    log_every: int = 1
-    deterministic: bool = True
-    lora_alpha_over_rank: float = 2.0
-    lora_dropout: float = 0.0
+    epochs: int = _TRAIN["epochs"]
+    max_steps: int | None = _TRAIN["max_steps"]
+    lr: float = float(_TRAIN["lr"])
+    batch_size: int = _TRAIN["batch_size"]
+    grad_accum: int = _TRAIN["grad_accum"]
+    weight_decay: float = float(_TRAIN["weight_decay"])
+    warmup_ratio: float = float(_TRAIN["warmup_ratio"])
+    schedule: str = _TRAIN["schedule"]
+    max_grad_norm: float | None = _TRAIN["max_grad_norm"]
+    early_stopping: bool = _TRAIN["early_stopping"]
+    patience: int = _TRAIN["patience"]
+    eval_batch_size: int = _TRAIN["eval_batch_size"]
+    resume_every: int = _TRAIN["resume_every"]
+    log_every: int = _TRAIN["log_every"]
+    deterministic: bool = _TRAIN["deterministic"]
+    lora_alpha_over_rank: float = float(_LORA["alpha_over_rank"])
+    lora_dropout: float = float(_LORA["dropout"])
 
     @classmethod
     def from_cfg(cls, train: Any, method: Any | None = None) -> TrainConfig:
         fields = set(cls.__dataclass_fields__)
         values = {k: train[k] for k in train if k in fields}
         if method is not None:
-            values["lora_alpha_over_rank"] = float(method.get("alpha_over_rank", 2.0))
-            values["lora_dropout"] = float(method.get("dropout", 0.0))
+            values["lora_alpha_over_rank"] = float(
+                method.get("alpha_over_rank", cls.lora_alpha_over_rank)
+            )
+            values["lora_dropout"] = float(method.get("dropout", cls.lora_dropout))
         config = cls(**values)
         if config.schedule not in _SCHEDULES:
             raise CtsftError(
