@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ctsft.cdt.pipeline import cdt_options
 from ctsft.cdt.rules import CDTOptions
 from ctsft.config import compose
+from ctsft.steps.shared.discovery import cdt_options
 from ctsft.train import TrainConfig
 from ctsft.workflow_config import config_dir, group_config
 

@@ -168,7 +168,9 @@ def test_bf16_mean_baseline_scores_and_ablation_are_close_to_fp32(
     s32, _ = score_heads(e32, data, mu32, "directional", head_batch=4, progress=False)
     a32, _ = score_heads(e32, data, mu32, "ablation", head_batch=4, progress=False)
 
-    m16.hf.to(torch.bfloat16)  # what cdt.precision=bf16 does (ctsft.cdt.pipeline.cdt_engine)
+    m16.hf.to(
+        torch.bfloat16
+    )  # what cdt.precision=bf16 does (ctsft.steps.shared.discovery.cdt_engine)
     e16 = CDTEngine.from_task_model(m16)
     s16, _ = score_heads(e16, data, mu32, "directional", head_batch=4, progress=False)
     a16, _ = score_heads(e16, data, mu32, "ablation", head_batch=4, progress=False)

@@ -13,6 +13,8 @@ pandas, nor a silently wrong result.
 | `k{k}/faithfulness.json` | faithfulness | `read_faithfulness` |
 | `metrics.json` | evaluate / evaluate_proxy | `read_metrics` |
 | a model folder (base model, theta_1, transferred) | prepare_model / finetune / transfer | `check_checkpoint` |
+| its training record (`task_model.json` -> `training`) | finetune / transfer | `read_training_record` |
+| its `provenance.json` (a prepared model) | prepare_model | `read_model_provenance` |
 """
 
 from __future__ import annotations
@@ -423,8 +425,8 @@ def check_checkpoint(
                 rule,
             )
         kind = str(meta["kind"])
-    elif kind is None and (path / "provenance.json").is_file():
-        kind = _json_object("model record", path / "provenance.json", rule).get("kind")
+    elif kind is None and (prov := read_model_provenance(path)) is not None:
+        kind = prov.get("kind")
     if kind in MODEL_TYPES and model_type not in MODEL_TYPES[kind]:
         other = next((k for k, types in MODEL_TYPES.items() if model_type in types), None)
         family = f"a {other} architecture" if other else "not a supported architecture"
@@ -444,3 +446,47 @@ def check_checkpoint(
     if kind not in ("encoder", "causal"):
         raise CtsftError(f"model kind must be 'encoder' or 'causal', got {kind!r}")
     return kind
+
+
+# -- model records -------------------------------------------------------------------------------
+def read_training_record(folder: str | Path) -> dict[str, Any] | None:
+    """The training record of a checkpoint (`training` in its task_model.json), or None for a
+    folder without one (a base model, a checkpoint saved before training).
+
+    The one reader of it (evaluation, transfer provenance), so a corrupt record is a one-line
+    error naming the rule, not an AttributeError in whichever step read it first.
+    """
+    from ctsft.models.task_model import TASK_MODEL_FILE
+
+    path = Path(folder) / TASK_MODEL_FILE
+    if not path.is_file():
+        return None
+    what, rule = "checkpoint record", checkpoint_rule(folder)
+    training = _json_object(what, path, rule).get("training")
+    if training is not None and not isinstance(training, dict):
+        raise _error(
+            what, path, f"has a 'training' entry that is a JSON {type(training).__name__}", rule
+        )
+    return training or None
+
+
+def read_model_provenance(folder: str | Path) -> dict[str, Any] | None:
+    """The `provenance.json` that prepare_model writes into a model folder, or None without one."""
+    from ctsft.models.prepare import PROVENANCE_FILE
+
+    path = Path(folder) / PROVENANCE_FILE
+    if not path.is_file():
+        return None
+    return _json_object("model record", path, checkpoint_rule(folder))
+
+
+def recorded_base_model(folder: str | Path) -> str | None:
+    """sha256 of the prepared base model `folder` descends from, as its records say: a
+    checkpoint's training record (carried through every fine-tuning), else a prepared model's
+    `converted_sha256`; None when the folder does not say."""
+    from ctsft.models.task_model import TASK_MODEL_FILE
+
+    if (Path(folder) / TASK_MODEL_FILE).is_file():  # a checkpoint: never its base's provenance
+        return (read_training_record(folder) or {}).get("base_model_sha256")
+    prov = read_model_provenance(folder)
+    return prov.get("converted_sha256") if prov else None

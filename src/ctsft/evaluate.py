@@ -20,17 +20,25 @@ EVAL_SEED = 0
 
 
 def predict(
-    model: TaskModel, rows: list[dict[str, Any]] | Dataset, batch_size: int = 32
+    model: TaskModel,
+    rows: list[dict[str, Any]] | Dataset,
+    batch_size: int = 32,
+    by_length: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted and gold label ids for `rows` (eval mode, no gradients).
+    """Predicted and gold label ids for `rows` (eval mode, no gradients), in the input order.
 
-    Rows are batched in order of token length, so little compute is spent on padding; the
-    predictions come back in the input order. Forward passes run on the model's device under its
-    runtime's autocast.
+    `by_length` batches rows in order of token length, so little compute is spent on padding;
+    `False` batches them in the given order (what CD-T's discovery set has always been drawn
+    with). The two are kept apart because which rows share a batch sets the padded shape, which
+    can move logits in the last bits and so flip an argmax near a tie. Forward passes run on the
+    model's device under its runtime's autocast.
     """
     examples = rows.to_list() if hasattr(rows, "to_list") else list(rows)  # a datasets.Dataset
-    lengths = [len(model.tokenizer(*model.format(ex))["input_ids"]) for ex in examples]
-    order = np.argsort(lengths, kind="stable")
+    if by_length:
+        lengths = [len(model.tokenizer(*model.format(ex))["input_ids"]) for ex in examples]
+        order = np.argsort(lengths, kind="stable")
+    else:
+        order = np.arange(len(examples))
     preds = np.zeros(len(examples), dtype=int)
     model.eval()
     with torch.inference_mode(), model.autocast():

@@ -126,11 +126,6 @@ class ParamSlice:
     start: int
     stop: int
 
-    @property
-    def numel(self) -> int:
-        other = self.param.shape[1 - self.dim] if self.param.dim() == 2 else 1
-        return (self.stop - self.start) * other
-
     def view(self) -> torch.Tensor:
         return self.param.detach().narrow(self.dim, self.start, self.stop - self.start)
 
@@ -180,12 +175,6 @@ class ArchAdapter(ABC):
         return None
 
     # -- parameters ----------------------------------------------------------------------
-    def qualified_name(self, param: nn.Parameter) -> str:
-        for name, candidate in self.model.named_parameters():
-            if candidate is param:
-                return name
-        raise KeyError("parameter does not belong to the adapted model")
-
     def head_slices(
         self, layer: int, head: int, kv_policy: KVPolicy = "shared"
     ) -> list[ParamSlice]:

@@ -17,7 +17,9 @@ from safetensors.torch import load_file, save_file
 
 from ctsft.data import balanced_indices
 from ctsft.errors import CtsftError
+from ctsft.evaluate import predict
 from ctsft.io import atomic_path, write_json
+from ctsft.models.task_model import TaskModel
 
 if TYPE_CHECKING:  # datasets only in annotations: the engine imports without it
     from datasets import Dataset
@@ -33,18 +35,6 @@ def batches(
     """Encoded batches (with labels) of `examples`, in order."""
     for start in range(0, len(examples), batch_size):
         yield task_model.encode(examples[start : start + batch_size])
-
-
-@torch.inference_mode()
-def predict(task_model: Any, examples: list[dict[str, Any]], batch_size: int = 32) -> torch.Tensor:
-    """Predicted label ids of `examples`."""
-    task_model.eval()
-    with task_model.autocast():
-        preds = [
-            task_model(**batch).argmax(-1).cpu()
-            for batch in batches(task_model, examples, batch_size)
-        ]
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device="cpu")
 
 
 def discovery_indices(
@@ -69,7 +59,10 @@ def discovery_indices(
         "n_per_label": n_per_label,
     }
     if correct_only:
-        preds = predict(task_model, [pool[i] for i in candidates], batch_size).tolist()
+        # batched in pool order (not by length), as M has always been drawn: other batches could
+        # move a logit in its last bits and so the rows kept
+        rows = [pool[i] for i in candidates]
+        preds = predict(task_model, rows, batch_size, by_length=False)[0].tolist()
         candidates = [i for i in candidates if preds[i] == labels[i]]
         info["pool_accuracy"] = len(candidates) / max(len(pool), 1)
     kept = [labels[i] for i in candidates]
@@ -135,7 +128,7 @@ def mean_baseline(
         if pooling == "first":
             pooled = z[:, :, 0]
         elif pooling == "last":
-            last = batch["attention_mask"].sum(1) - 1
+            last = TaskModel.readout_positions(batch["attention_mask"], "causal")  # last real one
             pooled = z[:, torch.arange(z.shape[1], device=dev), last]
         else:
             weights = mask / mask.sum(1, keepdim=True)

@@ -10,7 +10,6 @@ from typing import Any
 _EXPORTS = {
     "data_checksum": "loaders",
     "data_root": "loaders",
-    "load_hub_split": "loaders",
     "load_split": "loaders",
     "balanced_indices": "sampling",
     "balanced_sample": "sampling",

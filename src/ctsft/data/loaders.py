@@ -265,39 +265,6 @@ def load_split(
     return datasets.Dataset.from_dict(rows, features=_features(spec))
 
 
-def load_hub_split(task: str | TaskSpec, lang: str, split: str) -> datasets.Dataset:
-    """For users with internet: the same schema from the Hugging Face hub (never used in tests).
-
-    NusaX comes from `indonlp/NusaX-senti` (config = language code), XNLI from `facebook/xnli`
-    (config = language code; its `validation` split plays the role of our local dev file).
-    """
-    spec = get_task(task) if isinstance(task, str) else task
-    spec.check_language(lang)
-    spec.check_role(split)
-    if spec.name == "nusax":
-        hub_split = {"train": "train", "valid": "validation", "test": "test"}[split]
-        raw = datasets.load_dataset("indonlp/NusaX-senti", lang, split=hub_split)
-        rows = {"id": [str(i) for i in raw["id"]], "text": raw["text"], "label": raw["label"]}
-    else:
-        hub_split = {"train": "validation", "valid": "validation", "test": "test"}[split]
-        raw = datasets.load_dataset("facebook/xnli", lang, split=hub_split)
-        keep = [
-            i
-            for i in range(len(raw))
-            if split == "test" or ((i % XNLI_VALID_EVERY == 0) == (split == "valid"))
-        ]
-        raw = raw.select(keep)
-        rows = {
-            "id": [str(i) for i in keep],
-            "premise": raw["premise"],
-            "hypothesis": raw["hypothesis"],
-            "label": raw["label"],
-        }
-    rows["language"] = [lang] * len(rows["id"])
-    rows["split"] = [split] * len(rows["id"])
-    return datasets.Dataset.from_dict(rows, features=_features(spec))
-
-
 def data_checksum(
     task: str | TaskSpec, langs: list[str], root: str | os.PathLike[str] | None = None
 ) -> dict[str, str]:

@@ -19,7 +19,6 @@ class TaskSpec:
 
     name: str
     languages: tuple[str, ...]
-    files: tuple[str, ...]
     label_names: tuple[str, ...]
     text_fields: tuple[str, ...]
     prompt: str
@@ -43,7 +42,6 @@ class TaskSpec:
 NUSAX = TaskSpec(
     name="nusax",
     languages=("ace", "ban", "bbc", "bjn", "bug", "eng", "ind", "jav", "mad", "min", "nij", "sun"),
-    files=("train", "valid", "test"),
     label_names=("negative", "neutral", "positive"),
     text_fields=("text",),
     prompt="Review: {text}\nSentiment (negative, neutral or positive):",
@@ -70,7 +68,6 @@ XNLI = TaskSpec(
         "vi",
         "zh",
     ),  # fmt: skip
-    files=("dev", "test"),
     label_names=("entailment", "neutral", "contradiction"),
     text_fields=("premise", "hypothesis"),
     prompt="Premise: {premise}\nHypothesis: {hypothesis}\nDoes the premise entail the hypothesis? Answer yes, maybe or no:",

@@ -17,13 +17,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ctsft.artifacts import read_metrics
+from ctsft.artifacts import read_metrics, read_training_record
 from ctsft.cli import run_step
 from ctsft.config import coordinates, require, task_spec, to_dict
 from ctsft.data import data_checksum, load_split, subsample
 from ctsft.errors import CtsftError
 from ctsft.evaluate import EVAL_SEED, classification_metrics, forgetting, predict
-from ctsft.io import read_json, write_json
+from ctsft.io import write_json
 from ctsft.models import load_task_model
 from ctsft.models.task_model import TASK_MODEL_FILE
 from ctsft.provenance import provenance, sha256_file
@@ -72,8 +72,7 @@ def run(cfg: DictConfig) -> dict:
         runtime=runtime_from_cfg(cfg),
         model_name=str(cfg.model.name),
     )
-    meta_file = Path(checkpoint) / TASK_MODEL_FILE
-    training = read_json(meta_file).get("training") if meta_file.is_file() else None
+    training = read_training_record(checkpoint)
     if not training:  # a base model folder, or a copy without its record: no method, no % updated
         rerun = "transfer" if method_trains(cfg.method) else "finetune"
         raise CtsftError(f"{checkpoint} has no training record ({TASK_MODEL_FILE}): not a finished checkpoint; rerun the {rerun} (snakemake <its metrics.json> --forcerun {rerun})")  # fmt: skip

@@ -2,7 +2,7 @@
 Spearman between the head scores and single-head ablation effects on the discovery set.
 
     python -m ctsft.steps.faithfulness io.proxy_checkpoint=<theta_1> io.mu=<mu> io.circuit=<json> \
-        io.scores=<scores.tsv> io.faithfulness=<report.json> [cdt.eval_size=120]
+        io.scores=<scores.tsv> io.faithfulness=<report.json> [task.eval_size=120]
 """
 
 from __future__ import annotations
@@ -13,13 +13,6 @@ from omegaconf import DictConfig
 
 from ctsft.artifacts import read_circuit, read_mu
 from ctsft.cdt.baseline import batches
-from ctsft.cdt.pipeline import (
-    CDT_MEMORY_KEYS,
-    cdt_engine,
-    discovery_set,
-    load_proxy_model,
-    proxy_pool,
-)
 from ctsft.cdt.scores import read_scores, score_heads, scores_matrix
 from ctsft.circuit.faithfulness import ablation_report, spearman, summarize_random
 from ctsft.circuit.selection import random_head_sets
@@ -29,6 +22,13 @@ from ctsft.data import subsample
 from ctsft.io import write_json
 from ctsft.provenance import provenance, sha256_file
 from ctsft.runtime import oom_hint
+from ctsft.steps.shared.discovery import (
+    CDT_MEMORY_KEYS,
+    cdt_engine,
+    discovery_set,
+    load_proxy_model,
+    proxy_pool,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def run(cfg: DictConfig) -> dict:
     geo = engine.geo
     seed = int(cfg.cdt.seed)
     bs = int(cfg.cdt.batch_size)
-    eval_size = cfg.cdt.eval_size if cfg.cdt.eval_size is not None else cfg.task.get("eval_size")
+    eval_size = cfg.task.get("eval_size")
     test = subsample(proxy_pool(cfg, "test"), None if eval_size is None else int(eval_size), seed)
     randoms = random_head_sets(
         geo.n_layers, geo.n_heads, int(circuit["k"]), int(cfg.cdt.random_sets), seed + 1
@@ -70,7 +70,6 @@ def run(cfg: DictConfig) -> dict:
             directional, _ = score_heads(engine, data, mu, "directional", int(cfg.cdt.head_batch))
         correlations["directional"] = spearman(directional.numpy(), effects.numpy())
     result = {
-        "grid": coordinates(cfg, pair=False),
         "model": str(cfg.model.name),
         "task": str(cfg.task.name),
         "proxy": str(cfg.proxy),
@@ -93,6 +92,7 @@ def run(cfg: DictConfig) -> dict:
             "margin_drop": effects.tolist(),
         },
         "provenance": provenance(
+            grid=coordinates(cfg, pair=False),
             step="faithfulness",
             circuit_sha256=sha256_file(circuit_path),
             scores_sha256=sha256_file(scores_path),

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ctsft.cli import run_step
 from ctsft.config import require
-from ctsft.train.run import run_training
+from ctsft.steps.shared.training import run_training
 from ctsft.workflow_config import method_config
 
 log = logging.getLogger(__name__)

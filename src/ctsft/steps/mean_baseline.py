@@ -10,12 +10,12 @@ import logging
 from omegaconf import DictConfig
 
 from ctsft.cdt.baseline import mean_baseline, save_mu
-from ctsft.cdt.pipeline import discovery_set, load_proxy_model, model_record
 from ctsft.cli import run_step
 from ctsft.config import require, to_dict
 from ctsft.data import data_checksum
 from ctsft.provenance import provenance
 from ctsft.runtime import oom_hint
+from ctsft.steps.shared.discovery import discovery_set, load_proxy_model, model_record
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,6 @@ from omegaconf import DictConfig
 
 from ctsft.artifacts import read_mu
 from ctsft.cdt.baseline import batches
-from ctsft.cdt.pipeline import (
-    CDT_MEMORY_KEYS,
-    cdt_engine,
-    cdt_options,
-    discovery_set,
-    load_proxy_model,
-)
 from ctsft.cdt.scores import score_heads, scores_table, write_scores
 from ctsft.circuit.heatmap import plot_heatmap
 from ctsft.circuit.selection import resolve_k, select_heads
@@ -27,6 +20,13 @@ from ctsft.config import coordinates, require
 from ctsft.io import write_json
 from ctsft.provenance import provenance, sha256_file
 from ctsft.runtime import oom_hint
+from ctsft.steps.shared.discovery import (
+    CDT_MEMORY_KEYS,
+    cdt_engine,
+    cdt_options,
+    discovery_set,
+    load_proxy_model,
+)
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ def run(cfg: DictConfig) -> dict:
     picked = select_heads(table, cfg.cdt.k, int(cfg.cdt.seed))
     kinds = sorted(set(table["score_kind"]))
     circuit = {
-        "grid": coordinates(cfg, pair=False),
         "model": str(cfg.model.name),
         "task": str(cfg.task.name),
         "proxy": str(cfg.proxy),
@@ -37,7 +36,11 @@ def run(cfg: DictConfig) -> dict:
         "random": picked["random"],
         "scores_sha256": sha256_file(scores_path),
         "provenance": provenance(
-            step="select_circuit", k_config=cfg.cdt.k, seed=int(cfg.cdt.seed), config=to_dict(cfg)
+            grid=coordinates(cfg, pair=False),
+            step="select_circuit",
+            k_config=cfg.cdt.k,
+            seed=int(cfg.cdt.seed),
+            config=to_dict(cfg),
         ),
     }
     write_json(circuit_path, circuit)

@@ -10,23 +10,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_HOMES = {
-    "RunLog": "loop",
-    "TrainConfig": "loop",
-    "Trainer": "loop",
-    "optimizer_state_bytes": "loop",
-    "train_to_checkpoint": "loop",
-    "MaskedModel": "masking",
-    "SpanDeltas": "masking",
-    "HEAD_METHODS": "methods",
-    "METHODS": "methods",
-    "TrainablePlan": "methods",
-    "TrainEntry": "methods",
-    "build_plan": "methods",
-    "circuit_heads": "methods",
-    "load_circuit": "methods",
-    "register_kind": "methods",
-}
+_MODULES = {
+    "loop": ("RunLog", "TrainConfig", "Trainer", "optimizer_state_bytes", "train_to_checkpoint"),
+    "masking": ("MaskedModel", "SpanDeltas"),
+    "methods": (
+        "HEAD_METHODS", "METHODS", "TrainablePlan", "TrainEntry", "build_plan", "circuit_heads",
+        "load_circuit", "register_kind",
+    ),
+}  # fmt: skip
+_HOMES = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = sorted(_HOMES)
 

@@ -167,9 +167,6 @@ class MaskedModel:
                         DeltaRef(f"{module_name}.{attr}", delta, original, dim, a, b)
                     )
 
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-
     @torch.no_grad()
     def decay_deltas(self, lr: float, weight_decay: float) -> None:
         """AdamW's decoupled decay on the effective selected weights of matrices (not biases)."""

@@ -8,13 +8,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from ctsft.artifacts import read_model_provenance
 from ctsft.cdt.baseline import discovery_indices
 from ctsft.cdt.engine import CDTEngine
 from ctsft.cdt.rules import CDTOptions
 from ctsft.config import task_spec
 from ctsft.data import load_split
 from ctsft.errors import CtsftError
-from ctsft.io import read_json
 from ctsft.models import load_task_model
 from ctsft.provenance import sha256_file
 from ctsft.runtime import PRECISIONS, runtime_from_cfg, set_tf32
@@ -74,9 +74,9 @@ def model_record(checkpoint: str) -> dict[str, Any]:
     weights = folder / "model.safetensors"
     if weights.is_file():
         record["model_sha256"] = sha256_file(weights)
-    prov = folder / "provenance.json"
-    if prov.is_file():
-        record["checkpoint_provenance"] = read_json(prov)
+    prov = read_model_provenance(folder)
+    if prov is not None:
+        record["checkpoint_provenance"] = prov
     return record
 
 

@@ -7,11 +7,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from ctsft.artifacts import recorded_base_model
 from ctsft.config import task_spec, to_dict
 from ctsft.data import data_checksum, load_split, subsample
-from ctsft.io import read_json
 from ctsft.models import load_task_model
-from ctsft.models.task_model import TASK_MODEL_FILE, TaskModel
+from ctsft.models.task_model import TaskModel
 from ctsft.provenance import provenance, sha256_file
 from ctsft.runtime import oom_hint, runtime_from_cfg
 from ctsft.train.loop import TrainConfig, train_to_checkpoint
@@ -20,24 +20,16 @@ from ctsft.train.methods import build_plan, load_circuit
 
 def model_origin(folder: str | Path) -> dict[str, Any]:
     """sha256 of the prepared base model behind `folder` (carried through checkpoints) and of `folder`'s weights."""
-    path = Path(folder)
-    weights = path / "model.safetensors"
+    weights = Path(folder) / "model.safetensors"
     own = sha256_file(weights) if weights.is_file() else None
-    if (path / TASK_MODEL_FILE).is_file():
-        training = read_json(path / TASK_MODEL_FILE).get("training", {})
-        base = training.get("base_model_sha256")
-    elif (path / "provenance.json").is_file():
-        base = read_json(path / "provenance.json").get("converted_sha256")
-    else:
-        base = None
-    return {"base_model_sha256": base or own, "init_sha256": own}
+    return {"base_model_sha256": recorded_base_model(folder) or own, "init_sha256": own}
 
 
 def train_rows(cfg: DictConfig, lang: str, split: str = "train") -> list[dict[str, Any]]:
-    """Rows of `split` in `lang`; training pools honour train.train_size, else task.train_size (seeded)."""
+    """Rows of `split` in `lang`; training pools honour task.train_size (seeded)."""
     ds = load_split(task_spec(cfg), lang, split, root=cfg.data.root)
     if split == "train":
-        n = cfg.train.get("train_size") or cfg.task.get("train_size")
+        n = cfg.task.get("train_size")
         ds = subsample(ds, int(n) if n else None, int(cfg.seed))
     return ds.to_list()
 
