@@ -334,12 +334,6 @@ def test_engine_reads_the_label_tokens_at_the_last_real_token() -> None:
             assert (logits[row] - full).abs().max() < 1e-5
 
 
-@pytest.mark.xfail(
-    raises=AttributeError,
-    strict=True,
-    reason="TaskModel.forward reads the backbone as hf.model; GPT-2's is hf.transformer "
-    "(needs hf.base_model in ctsft/models/task_model.py)",
-)
 def test_task_model_label_token_logits(gpt2_dir: Path) -> None:
     model = load_task_model(gpt2_dir, "nusax").eval()
     assert isinstance(model.adapter, GPT2Adapter) and len(model.label_ids) == 3
@@ -374,12 +368,6 @@ def test_head_plan_counts(gpt2_dir: Path, method: str) -> None:
     assert all("c_attn" in e.name or "c_proj" in e.name or "ln_" in e.name for e in plan.entries)
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason="MaskedModel (ctsft/train/masking.py) only masks nn.Linear [out, in] weights; GPT-2's "
-    "c_attn / c_proj are Conv1D [in, out]",
-)
 def test_head_method_keeps_frozen_entries_bit_identical(gpt2_dir: Path, rows: list[dict]) -> None:
     model = load_task_model(gpt2_dir, "nusax", max_length=16)
     plan = build_plan(model.hf, model.adapter, _method("ctsft"), CIRCUIT)
@@ -407,11 +395,6 @@ def test_head_method_keeps_frozen_entries_bit_identical(gpt2_dir: Path, rows: li
         assert not torch.equal(new, old), f"trainable {e} did not change"
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason="MaskedModel (ctsft/train/masking.py) only masks nn.Linear [out, in] weights",
-)
 def test_span_deltas_equal_directly_edited_conv1d_weights(gpt2_dir: Path, rows: list[dict]) -> None:
     """Masked Conv1D spans (q/k/v columns of c_attn, o rows of c_proj) act like editing them."""
     model = load_task_model(gpt2_dir, "nusax", max_length=16).eval()

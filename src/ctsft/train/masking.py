@@ -52,18 +52,22 @@ class SpanDeltas(nn.Module):
     """Trainable deltas on spans of a frozen `nn.Linear`, added to its output by a forward hook.
 
     `weight_dim` 0: deltas `[b - a, in]` on output rows; 1: deltas `[out, b - a]` on input columns.
-    Bias deltas `[b - a]` are on output rows.
+    Bias deltas `[b - a]` are on output features. `transposed`: a GPT-2 `Conv1D`, whose weight is
+    `[in, out]` (out = x @ W + b), so output features are dim 1 and input features dim 0.
     """
 
     def __init__(
         self,
-        linear: nn.Linear,
+        linear: nn.Module,
         weight_dim: int | None,
         weight_spans: list[tuple[int, int]],
         bias_spans: list[tuple[int, int]],
+        transposed: bool = False,
     ) -> None:
         super().__init__()
         self.weight_dim = weight_dim
+        self.transposed = transposed
+        self.out_dim = 1 if transposed else 0  # the weight dim of the output features
         self.weight_spans = sorted(weight_spans)
         self.bias_spans = sorted(bias_spans)
         self.weight = _zero_deltas(linear.weight, weight_dim or 0, self.weight_spans)
@@ -74,7 +78,9 @@ class SpanDeltas(nn.Module):
         )
         # bias deltas on exactly the weight rows ride along in the same matmul (the common case)
         self._fused_bias = (
-            weight_dim == 0 and bool(self.bias_spans) and self.bias_spans == self.weight_spans
+            weight_dim == self.out_dim
+            and bool(self.bias_spans)
+            and self.bias_spans == self.weight_spans
         )
 
     def hook(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
@@ -82,17 +88,19 @@ class SpanDeltas(nn.Module):
 
     def add_to(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """`out` (= x @ W0.T + b0) plus the contribution of the deltas."""
-        if self.weight_spans and self.weight_dim == 1:
+        if self.weight_spans and self.weight_dim != self.out_dim:  # spans of input features
             cols = _joined([x[..., a:b] for a, b in self.weight_spans], dim=-1)
-            delta = _joined(list(self.weight), dim=1)
+            delta = _joined(list(self.weight), dim=self.weight_dim)  # [out, n] or [n, out]
             flat = torch.addmm(
-                out.reshape(-1, out.shape[-1]), cols.reshape(-1, cols.shape[-1]), delta.t()
+                out.reshape(-1, out.shape[-1]),
+                cols.reshape(-1, cols.shape[-1]),
+                delta if self.transposed else delta.t(),
             )
             out = flat.view(out.shape)
-        elif self.weight_spans:
-            rows = _joined(list(self.weight), dim=0)
+        elif self.weight_spans:  # spans of output features
+            rows = _joined(list(self.weight), dim=self.out_dim)  # [n, in] or [in, n]
             bias = _joined(list(self.bias), dim=0) if self._fused_bias else None
-            extra = F.linear(x, rows, bias)
+            extra = F.linear(x, rows.t() if self.transposed else rows, bias)
             pos = 0
             for a, b in self.weight_spans:
                 out[..., a:b] += extra[..., pos : pos + b - a]
@@ -137,8 +145,11 @@ class MaskedModel:
                 by_module.setdefault(module_name, {}).setdefault(attr, []).append(entry)
         for module_name, attrs in by_module.items():
             module = model.get_submodule(module_name)
-            if not isinstance(module, nn.Linear) or set(attrs) - {"weight", "bias"}:
-                raise ValueError(f"{module_name}: slices are only supported on nn.Linear weights")
+            transposed = type(module).__name__ == "Conv1D"  # GPT-2's [in, out] linear layer
+            if not (isinstance(module, nn.Linear) or transposed) or set(attrs) - {"weight", "bias"}:
+                raise ValueError(
+                    f"{module_name}: slices are only supported on nn.Linear / Conv1D weights"
+                )
             weight, bias = attrs.get("weight", []), attrs.get("bias", [])
             dims = {e.dim for e in weight}
             if (
@@ -153,6 +164,7 @@ class MaskedModel:
                 weight_dim,
                 [(e.start, e.stop) for e in weight],
                 [(e.start, e.stop) for e in bias],
+                transposed=transposed,
             )
             module.register_module(HOLDER, holder)
             self._hooked.append((module, module.register_forward_hook(holder.hook)))
