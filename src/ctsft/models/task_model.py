@@ -132,7 +132,9 @@ class TaskModel(nn.Module):
         if self.kind == "encoder":
             kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
             return self.hf(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
-        hidden = self.hf.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.hf.base_model(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state
         last = self.readout_positions(attention_mask, "causal")
         rows = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return self.hf.lm_head(rows)[:, self.label_ids]
