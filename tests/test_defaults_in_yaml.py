@@ -70,3 +70,31 @@ def test_one_knob_per_size() -> None:
     cfg = compose([])
     assert "train_size" not in cfg.train and "eval_size" not in cfg.cdt
     assert "train_size" in cfg.task and "eval_size" in cfg.task
+
+
+def test_models_and_tasks_take_kind_and_prompt_from_their_yaml() -> None:
+    from ctsft.data.tasks import TASKS
+    from ctsft.models.registry import MODELS, get_model_spec
+
+    for name, spec in MODELS.items():
+        assert spec.kind == group_config("model", name)["kind"], name
+    assert get_model_spec("hub:org/enc", kind="encoder").kind == "encoder"
+    assert get_model_spec("hub:org/dec").kind == group_config("model", "hub")["kind"]
+    for name, task in TASKS.items():
+        yaml_task = group_config("task", name)
+        assert task.prompt == yaml_task["prompt"]
+        assert list(task.label_words) == yaml_task["label_words"]
+
+
+def test_task_languages_are_listed_once() -> None:
+    """The schema's language lists are filled in from the task descriptions."""
+    from ctsft.data.tasks import TASKS
+    from ctsft.workflow_config import load_schema
+
+    raw = (config_dir().parents[1] / "workflow/schemas/config.schema.yaml").read_text()
+    assert '"jav"' not in raw and '"sw"' not in raw
+    schema = load_schema(config_dir().parents[1] / "workflow/schemas/config.schema.yaml")
+    branches = schema["definitions"]["experiment"]["allOf"]
+    assert {b["if"]["properties"]["task"]["const"]: b["then"]["properties"]["proxy"]["enum"] for b in branches} == {
+        name: list(task.languages) for name, task in TASKS.items()
+    }  # fmt: skip

@@ -20,16 +20,12 @@ from typing import Any
 
 import yaml
 
+from ctsft.config_files import CONFIG_DIR_ENV as CONFIG_DIR_ENV  # re-exported
+from ctsft.config_files import config_dir, group_config
 from ctsft.data.tasks import DATA_ROOT_ENV, TASKS
 from ctsft.provenance import REPO_ROOT
 
-CONFIG_DIR_ENV = "CTSFT_CONFIG_DIR"
 HUB_PREFIX = "hub:"
-
-
-def config_dir() -> Path:
-    """The Hydra config folder: config/hydra of the repository, or $CTSFT_CONFIG_DIR."""
-    return Path(os.environ.get(CONFIG_DIR_ENV, REPO_ROOT / "config" / "hydra")).resolve()
 
 
 def __getattr__(name: str) -> Any:
@@ -49,7 +45,30 @@ def _error(message: str) -> Exception:
 
 # ---------------------------------------------------------------- schema
 def load_schema(schema_file: str | os.PathLike[str]) -> dict:
-    return yaml.safe_load(Path(schema_file).read_text())
+    """The config schema, with the task names and each task's languages filled in from
+    `ctsft.data.tasks.TASKS`, so the languages are listed in one place."""
+    schema = yaml.safe_load(Path(schema_file).read_text())
+    experiment = schema.get("definitions", {}).get("experiment")
+    if experiment is not None:
+        experiment["properties"]["task"]["enum"] = list(TASKS)
+        experiment["allOf"] = [
+            {
+                "if": {"properties": {"task": {"const": name}}},
+                "then": {
+                    "properties": {
+                        "proxy": {"enum": list(task.languages)},
+                        "targets": {
+                            "oneOf": [
+                                {"const": "all"},
+                                {"type": "array", "items": {"enum": list(task.languages)}},
+                            ]
+                        },
+                    }
+                },
+            }
+            for name, task in TASKS.items()
+        ]
+    return schema
 
 
 def _resolve(schema: dict, root: dict) -> dict:
@@ -196,20 +215,6 @@ def validate_config(config: dict, schema_file: str | os.PathLike[str]) -> None:
 def method_names() -> list[str]:
     """Values `method=` can take: the YAML files of config/hydra/method/."""
     return sorted(p.stem for p in (config_dir() / "method").glob("*.yaml"))
-
-
-def group_config(group: str, name: str) -> dict[str, Any]:
-    """config/hydra/<group>/<name>.yaml with its `defaults:` chain of the same group merged in,
-    as Hydra composes it (read without Hydra: Snakemake calls this on every invocation, and the
-    library's dataclasses take their defaults from it, so the YAML is the one place for each)."""
-    data = yaml.safe_load((config_dir() / group / f"{name}.yaml").read_text()) or {}
-    chain = list(data.pop("defaults", []))
-    if "_self_" not in chain:
-        chain.append("_self_")  # Hydra's place for it when the list does not say
-    merged: dict[str, Any] = {}
-    for item in chain:
-        merged.update(data if item == "_self_" else group_config(group, str(item)))
-    return merged
 
 
 def method_config(name: str) -> dict[str, Any]:

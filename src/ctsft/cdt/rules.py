@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ctsft.workflow_config import group_config
+from ctsft.config_files import group_config
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ctsft.config_files import group_config
 from ctsft.errors import CtsftError
 
 
@@ -39,13 +40,18 @@ class TaskSpec:
             )
 
 
+# The prompt and label words of each task come from its YAML (config/hydra/task/), the one place
+# they are set; a config's own `task.prompt` replaces them (ctsft.config.task_spec).
+_NUSAX = group_config("task", "nusax")
+_XNLI = group_config("task", "xnli")
+
 NUSAX = TaskSpec(
     name="nusax",
     languages=("ace", "ban", "bbc", "bjn", "bug", "eng", "ind", "jav", "mad", "min", "nij", "sun"),
     label_names=("negative", "neutral", "positive"),
     text_fields=("text",),
-    prompt="Review: {text}\nSentiment (negative, neutral or positive):",
-    label_words=(" negative", " neutral", " positive"),
+    prompt=_NUSAX["prompt"],
+    label_words=tuple(_NUSAX["label_words"]),
     roles={"train": "train", "valid": "valid", "test": "test"},
 )
 
@@ -70,8 +76,8 @@ XNLI = TaskSpec(
     ),  # fmt: skip
     label_names=("entailment", "neutral", "contradiction"),
     text_fields=("premise", "hypothesis"),
-    prompt="Premise: {premise}\nHypothesis: {hypothesis}\nDoes the premise entail the hypothesis? Answer yes, maybe or no:",
-    label_words=(" yes", " maybe", " no"),
+    prompt=_XNLI["prompt"],
+    label_words=tuple(_XNLI["label_words"]),
     roles={"train": "dev", "valid": "dev", "test": "test", "dev": "dev"},
 )
 

@@ -43,7 +43,7 @@ def parameter_counts(model) -> dict[str, int]:
 
 def info(cfg: DictConfig) -> dict:
     folder = Path(cfg.io.model_dir or REPO_ROOT / "results" / "models" / cfg.model.name)
-    record = prepare_model(get_model_spec(cfg.model.name), folder)
+    record = prepare_model(get_model_spec(str(cfg.model.name), kind=cfg.model.get("kind")), folder)
     model = load_task_model(folder, cfg.task.name, kind=cfg.model.kind)
     summary = {
         "model": cfg.model.name,

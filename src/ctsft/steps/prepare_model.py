@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> dict:
     (model_dir,) = require(cfg, "model_dir")
-    record = prepare_model(get_model_spec(cfg.model.name), model_dir)
+    record = prepare_model(
+        get_model_spec(str(cfg.model.name), kind=cfg.model.get("kind")), model_dir
+    )
     log.info(
         "model %s ready in %s (sha256 %s)",
         cfg.model.name,

@@ -32,6 +32,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from ctsft.config_files import group_config
 from ctsft.errors import CtsftError
 from ctsft.io import atomic_path
 from ctsft.models.task_model import TaskModel
@@ -39,7 +40,6 @@ from ctsft.tracking import start_run
 from ctsft.train.lora import inject_lora, merge_lora
 from ctsft.train.masking import MaskedModel
 from ctsft.train.methods import TrainablePlan
-from ctsft.workflow_config import group_config
 
 log = logging.getLogger(__name__)
 
