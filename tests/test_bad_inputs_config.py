@@ -125,12 +125,12 @@ def test_an_unknown_target_language_is_rejected():
         (
             {"name": "mine", "overrides": ["train.lr=1e-4"]},
             "config: method variant 'mine' has no method=<ctsft|full_ft|lora|near_zero|"
-            "random_heads|zero_shot> in its overrides: add one",
+            "norms_only|random_heads|sparse_random|zero_shot> in its overrides: add one",
         ),
         (
             {"name": "mine", "overrides": ["method=ctsf"]},
             "config: method variant 'mine': unknown method=ctsf, choose one of ctsft, full_ft, "
-            "lora, near_zero, random_heads, zero_shot",
+            "lora, near_zero, norms_only, random_heads, sparse_random, zero_shot",
         ),
         (
             {"name": "full", "circuit": True, "overrides": ["method=full_ft"]},
@@ -174,7 +174,7 @@ def test_lora_with_its_own_rank_needs_no_circuit():
 def test_the_circuit_methods_follow_the_training_code():
     from ctsft.train.methods import HEAD_METHODS, METHODS
 
-    assert set(wc.CIRCUIT_METHODS) == {*HEAD_METHODS, "lora"}
+    assert set(wc.CIRCUIT_METHODS) == {*HEAD_METHODS, "lora", "sparse_random"}
     assert set(wc.method_names()) == set(METHODS)
 
 

@@ -19,10 +19,18 @@ of its weight-decay group. AdamW's decoupled decay should shrink the *effective*
 weights, not the deltas (which would decay towards W0): `decay_deltas` applies
 delta -= lr * wd * (W0[a:b] + delta) before each optimizer step, the same update AdamW makes to a
 weight.
+
+Individual entries (`plan.scatter`, kind `sparse_random`) get the same treatment through a
+`ScatterDeltas` child (`<linear>.scatter_deltas`): one 1-D delta per weight / bias holding only the
+selected entries, scattered into a zero matrix in the hook, `out += F.linear(x, scatter(dW), db)`.
+Entries spread over the whole matrix admit no smaller matmul, but W0 + delta is still never formed,
+the deltas' gradient is the gather of theirs alone (AdamW state for exactly the selected entries),
+and `merge` writes W0.flatten()[idx] + delta at idx only. A module takes spans or entries, not both.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +38,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ctsft.train.methods import TrainablePlan, TrainEntry
+from ctsft.train.methods import ScatterEntry, TrainablePlan, TrainEntry
 
 HOLDER = "span_deltas"  # the attribute of a masked nn.Linear holding its `SpanDeltas`
+SCATTER_HOLDER = "scatter_deltas"  # the attribute holding its `ScatterDeltas` (entries)
 
 
 def _zero_deltas(
@@ -111,6 +120,45 @@ class SpanDeltas(nn.Module):
         return out
 
 
+class ScatterDeltas(nn.Module):
+    """Trainable deltas on individual entries (flat indices) of a frozen `nn.Linear` / `Conv1D`.
+
+    `weight` holds the deltas of the selected weight entries in index order, `bias` those of the
+    bias (None where none is selected); the indices are non-persistent buffers, so they follow
+    `.to(device)` but never reach a state dict. `transposed`: a GPT-2 `Conv1D` (weight `[in, out]`).
+    """
+
+    def __init__(
+        self,
+        linear: nn.Module,
+        weight_index: torch.Tensor,
+        bias_index: torch.Tensor,
+        transposed: bool = False,
+    ) -> None:
+        super().__init__()
+        self.transposed = transposed
+        self.weight_shape = tuple(linear.weight.shape)
+        self.out_features = self.weight_shape[1 if transposed else 0]
+        self.register_buffer("weight_index", weight_index, persistent=False)
+        self.register_buffer("bias_index", bias_index, persistent=False)
+        new = linear.weight.detach().new_zeros
+        self.weight = nn.Parameter(new(weight_index.numel())) if weight_index.numel() else None
+        self.bias = nn.Parameter(new(bias_index.numel())) if bias_index.numel() else None
+
+    def hook(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        """`output` (= x @ W0.T + b0) plus x @ dW.T + db, in place (keeping autocast's dtype)."""
+        bias = None
+        if self.bias is not None:
+            bias = self.bias.new_zeros(self.out_features).scatter(0, self.bias_index, self.bias)
+        if self.weight is None:
+            output += bias
+            return output
+        flat = self.weight.new_zeros(math.prod(self.weight_shape))
+        weight = flat.scatter(0, self.weight_index, self.weight).view(self.weight_shape)
+        output += F.linear(args[0], weight.t() if self.transposed else weight, bias)
+        return output
+
+
 @dataclass
 class DeltaRef:
     """One trainable span: its delta, the frozen original and where the span sits."""
@@ -125,13 +173,35 @@ class DeltaRef:
     def base(self) -> torch.Tensor:
         return self.original.detach().narrow(self.dim, self.start, self.stop - self.start)
 
+    def store(self, value: torch.Tensor) -> None:
+        """Write `value` over the span of the original tensor, and nowhere else."""
+        self.original.data.narrow(self.dim, self.start, self.stop - self.start).copy_(value)
+
+
+@dataclass
+class EntryRef:
+    """Scattered trainable entries of one parameter: their delta, the frozen original and where
+    the entries sit (`coords`: the flat indices unravelled, one index tensor per dim)."""
+
+    name: str
+    delta: nn.Parameter
+    original: torch.Tensor
+    coords: tuple[torch.Tensor, ...]
+
+    def base(self) -> torch.Tensor:
+        return self.original.detach()[self.coords]
+
+    def store(self, value: torch.Tensor) -> None:
+        """Write `value` at the entries only (`index_put_`: the rest is never touched)."""
+        self.original.data[self.coords] = value
+
 
 class MaskedModel:
     """Applies a `TrainablePlan` to a model; `merge()` folds the deltas in and removes the hooks."""
 
     def __init__(self, model: nn.Module, plan: TrainablePlan) -> None:
         self.model = model
-        self.deltas: list[DeltaRef] = []
+        self.deltas: list[DeltaRef | EntryRef] = []
         self._hooked: list[tuple[nn.Module, Any]] = []
         params = dict(model.named_parameters())
         for param in model.parameters():
@@ -178,6 +248,43 @@ class MaskedModel:
                     self.deltas.append(
                         DeltaRef(f"{module_name}.{attr}", delta, original, dim, a, b)
                     )
+        whole = {e.name for e in plan.entries if e.dim is None}
+        scattered: dict[str, dict[str, ScatterEntry]] = {}
+        for scatter_entry in plan.scatter.entries if plan.scatter else []:
+            module_name, _, attr = scatter_entry.name.rpartition(".")
+            if module_name in by_module or scatter_entry.name in whole:
+                raise ValueError(
+                    f"{scatter_entry.name}: scattered entries cannot share a module with spans "
+                    "or a whole trainable parameter"
+                )
+            scattered.setdefault(module_name, {})[attr] = scatter_entry
+        for module_name, attrs in scattered.items():
+            self._attach_entries(module_name, attrs)
+
+    def _attach_entries(self, module_name: str, attrs: dict[str, ScatterEntry]) -> None:
+        """A `ScatterDeltas` on one nn.Linear / Conv1D for its selected weight / bias entries."""
+        attrs = {attr: entry for attr, entry in attrs.items() if len(entry.indices)}
+        if not attrs:
+            return
+        module = self.model.get_submodule(module_name)
+        transposed = type(module).__name__ == "Conv1D"
+        if not (isinstance(module, nn.Linear) or transposed) or set(attrs) - {"weight", "bias"}:
+            raise ValueError(f"{module_name}: entries are only supported on nn.Linear / Conv1D")
+        device = module.weight.device
+        index = {
+            attr: torch.as_tensor(
+                attrs[attr].indices if attr in attrs else [], dtype=torch.long
+            ).to(device)
+            for attr in ("weight", "bias")
+        }
+        holder = ScatterDeltas(module, index["weight"], index["bias"], transposed=transposed)
+        module.register_module(SCATTER_HOLDER, holder)
+        self._hooked.append((module, module.register_forward_hook(holder.hook)))
+        for attr in attrs:
+            original = getattr(module, attr)
+            coords = torch.unravel_index(index[attr], original.shape)
+            delta = getattr(holder, attr)
+            self.deltas.append(EntryRef(f"{module_name}.{attr}", delta, original, coords))
 
     @torch.no_grad()
     def decay_deltas(self, lr: float, weight_decay: float) -> None:
@@ -190,12 +297,12 @@ class MaskedModel:
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Write W0[span] + delta into the original tensors and drop the hooks and deltas."""
+        """Write W0[span] + delta (W0[idx] + delta for entries) into the original tensors and
+        drop the hooks and deltas."""
         for ref in self.deltas:
-            value = ref.base() + ref.delta.detach()
-            ref.original.data.narrow(ref.dim, ref.start, ref.stop - ref.start).copy_(value)
+            ref.store(ref.base() + ref.delta.detach())
         for module, handle in self._hooked:
             handle.remove()
-            delattr(module, HOLDER)
+            delattr(module, HOLDER if hasattr(module, HOLDER) else SCATTER_HOLDER)
         self._hooked.clear()
         self.deltas.clear()

@@ -16,6 +16,13 @@ Kinds (PEFT's `register_peft_method` is the model):
 - `lora`: PEFT LoRA matrices on the q/k/v/o projections (see `ctsft.train.lora`); with
   `method.rank: null` the rank matches CT-SFT's budget, read from the circuit.
 - `none`: nothing (`zero_shot`: the proxy checkpoint is evaluated as is).
+- `norms`: only the norm parameters CT-SFT trains, no head (`norms_only`: a control).
+- `sparse_random`: as many individual q/k/v/o weight and bias entries as CT-SFT's head budget for
+  the circuit's k heads (same `kv_policy`, norms excluded), drawn uniformly at random
+  (`method.seed`) from every entry of every layer's attention projections, plus the norms when
+  `method.train_norms` (`sparse_random`: a control separating "the circuit" from "any small
+  update of the same size"). The entries travel as `plan.scatter`, trained by
+  `ctsft.train.masking` entry by entry.
 
 Adding a method is one YAML (`kind: heads` with `kv_policy: frozen` under a new name), plus at
 most one function registered with `@register_kind` for a new way of choosing parameters.
@@ -30,6 +37,7 @@ This module imports no torch at import time: the workflow's config check reads t
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +47,8 @@ from typing import TYPE_CHECKING, Any
 from ctsft.errors import CtsftError
 
 if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
     from torch import nn
 
 HEAD_LISTS = ("circuit", "near_zero", "random")
@@ -54,9 +64,51 @@ class TrainEntry:
     stop: int = 0
 
 
+@dataclass(frozen=True, eq=False)
+class ScatterEntry:
+    """Individual trainable entries of one parameter: sorted, distinct flat (row-major) indices
+    into it in its own layout (a GPT-2 Conv1D weight is `[in, out]`)."""
+
+    name: str
+    indices: NDArray[np.int64]
+
+
+@dataclass(eq=False)
+class ScatterSelection:
+    """Entries drawn at random, parameter by parameter, and how they were drawn. The record keeps
+    a count and a sha256 of the indices, not the indices themselves (thousands to millions)."""
+
+    entries: list[ScatterEntry]
+    seed: int
+    pool: int  # how many entries they were drawn from
+    budget_heads: list[tuple[int, int]]  # the heads whose CT-SFT budget the count matches
+
+    @property
+    def numel(self) -> int:
+        return sum(len(e.indices) for e in self.entries)
+
+    def sha256(self) -> str:
+        """Fingerprint of every (parameter, index): a resume or a record names the exact draw."""
+        digest = hashlib.sha256()
+        for e in self.entries:
+            digest.update(e.name.encode() + b"\0" + e.indices.astype("<i8").tobytes())
+        return digest.hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.numel,
+            "sha256": self.sha256(),
+            "seed": self.seed,
+            "pool": self.pool,
+            "budget_heads": [list(h) for h in self.budget_heads],
+            "parameters": {e.name: len(e.indices) for e in self.entries},
+        }
+
+
 @dataclass
 class TrainablePlan:
-    """What one method trains. `entries` index `TaskModel.hf.named_parameters()`; LoRA adds `lora_rank`."""
+    """What one method trains. `entries` index `TaskModel.hf.named_parameters()`; LoRA adds
+    `lora_rank`, `sparse_random` individual entries in `scatter`."""
 
     method: str
     entries: list[TrainEntry] = field(default_factory=list)
@@ -65,6 +117,7 @@ class TrainablePlan:
     lora_rank: int | None = None
     lora_modules: list[str] = field(default_factory=list)
     trainable: int = 0
+    scatter: ScatterSelection | None = None  # individual entries (kind sparse_random)
 
     def describe(self) -> str:
         """The one-line summary printed before training."""
@@ -76,13 +129,15 @@ class TrainablePlan:
         if self.lora_rank is not None:
             mods = sorted({re.sub(r"\.\d+\.", ".*.", m) for m in self.lora_modules})
             return f"LoRA rank {self.lora_rank} on " + ", ".join(mods)
-        if not self.entries:
+        if not self.entries and self.scatter is None:
             return "nothing"
         groups: dict[str, str] = {}
         for e in self.entries:
             module = re.sub(r"\.\d+\.", ".*.", e.name.rsplit(".", 1)[0])
             part = "" if e.dim is None else ("[rows]" if e.dim == 0 else "[cols]")
             groups.setdefault(module + part, "")
+        for s in self.scatter.entries if self.scatter else []:
+            groups.setdefault(re.sub(r"\.\d+\.", ".*.", s.name.rsplit(".", 1)[0]) + "[entries]", "")
         return ", ".join(sorted(groups))
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +151,7 @@ class TrainablePlan:
             "heads": [list(h) for h in self.heads],
             "lora_rank": self.lora_rank,
             "entries": [[e.name, e.dim, e.start, e.stop] for e in self.entries],
+            **({"scatter": self.scatter.to_dict()} if self.scatter else {}),
         }
 
 
@@ -296,6 +352,82 @@ def _plan_none(plan: TrainablePlan, inputs: PlanInputs) -> None:
     """Nothing to train."""
 
 
+@register_kind("norms")
+def _plan_norms(plan: TrainablePlan, inputs: PlanInputs) -> None:
+    """Exactly the norms `head_entries` adds to CT-SFT's heads, so the two cannot drift."""
+    plan.entries = head_entries(inputs.adapter, [], "shared", train_norms=True)
+
+
+def attention_parameter_names(hf_model: nn.Module, adapter: Any) -> list[str]:
+    """Every layer's q/k/v/o weights and biases, in layer order, each once (GPT-2's fused
+    `c_attn` serves q, k and v: its parts are `ConvView`s of one Conv1D)."""
+    names = {id(p): n for n, p in hf_model.named_parameters()}
+    found: dict[str, None] = {}
+    for layer in adapter.layers():
+        for proj in (layer.attn.q, layer.attn.k, layer.attn.v, layer.attn.o):
+            module = getattr(proj, "module", proj)  # a ConvView's Conv1D
+            for param in (module.weight, module.bias):
+                if param is not None:
+                    found.setdefault(names[id(param)], None)
+    return list(found)
+
+
+def sample_indices(n: int, k: int, seed: int) -> NDArray[np.int64]:
+    """`k` distinct indices of range(n), uniformly at random, sorted; the same for the same seed.
+
+    The first k distinct values of a stream of uniform draws are a uniform k-subset, so memory is
+    O(k) even for the billions of attention entries of a large model (a permutation of range(n)
+    would not fit); above n/2 the complement is drawn instead, so the rejections stay few.
+    """
+    import numpy as np
+
+    if not 0 <= k <= n:
+        raise CtsftError(f"cannot draw {k} distinct entries out of {n}")
+    if 2 * k > n:
+        dropped = sample_indices(n, n - k, seed)
+        return np.setdiff1d(np.arange(n, dtype=np.int64), dropped, assume_unique=True)
+    rng = np.random.default_rng(seed)
+    chosen = np.empty(0, dtype=np.int64)
+    while chosen.size < k:
+        drawn = np.concatenate([chosen, rng.integers(0, n, size=2 * (k - chosen.size))])
+        _, first = np.unique(drawn, return_index=True)  # first occurrences, in draw order
+        chosen = drawn[np.sort(first)][:k]
+    return np.sort(chosen)
+
+
+def _method_seed(method: Mapping[str, Any]) -> int:
+    seed = method.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise CtsftError(f"method {method['name']}: method.seed must be an int, got {seed!r} (the YAML's ${{seed}} resolves only in a composed config)")  # fmt: skip
+    return seed
+
+
+@register_kind("sparse_random", needs_circuit=lambda method: True)
+def _plan_sparse_random(plan: TrainablePlan, inputs: PlanInputs) -> None:
+    """CT-SFT's head budget, spent on entries drawn uniformly from all attention projections."""
+    import numpy as np
+
+    adapter, method = inputs.adapter, inputs.method
+    circuit = inputs.need_circuit("matches CT-SFT's head budget")
+    geo = adapter.geometry
+    heads = circuit_heads(circuit, str(method.get("heads") or "circuit"), geo.n_layers, geo.n_heads)
+    params = dict(inputs.hf_model.named_parameters())
+    spans = head_entries(adapter, heads, str(method["kv_policy"]), train_norms=False)
+    budget = sum(_entry_numel(e, params[e.name]) for e in spans)
+    names = attention_parameter_names(inputs.hf_model, adapter)
+    bounds = np.cumsum([0] + [params[n].numel() for n in names])
+    seed = _method_seed(method)
+    flat = sample_indices(int(bounds[-1]), budget, seed)
+    cuts = np.searchsorted(flat, bounds)  # flat[cuts[i]:cuts[i + 1]] fall in parameter i
+    entries = [
+        ScatterEntry(name, flat[cuts[i] : cuts[i + 1]] - bounds[i])
+        for i, name in enumerate(names)
+        if cuts[i + 1] > cuts[i]
+    ]
+    plan.scatter = ScatterSelection(entries, seed, int(bounds[-1]), heads)
+    plan.entries = head_entries(adapter, [], "shared", bool(method["train_norms"]))
+
+
 def build_plan(
     hf_model: nn.Module,
     adapter: Any,
@@ -312,6 +444,7 @@ def build_plan(
     if plan.lora_rank is None:
         params = dict(hf_model.named_parameters())
         plan.trainable = sum(_entry_numel(e, params[e.name]) for e in plan.entries)
+        plan.trainable += plan.scatter.numel if plan.scatter else 0
     return plan
 
 
