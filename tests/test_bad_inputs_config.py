@@ -282,7 +282,7 @@ def test_a_schema_error_in_snakemake_is_short(tmp_path):
         ("cdt.n_per_label=0", "bad config value cdt.n_per_label=0: expected an integer >= 1"),
         ("cdt.head_batch=0", "bad config value cdt.head_batch=0: expected an integer >= 1"),
         ("cdt.batch_size=0", "bad config value cdt.batch_size=0: expected an integer >= 1"),
-        ("cdt.score=margin", "bad config value cdt.score='margin': expected one of directional, cdt_ratio, ablation"),
+        ("cdt.score=margin", "bad config value cdt.score='margin': expected one of directional, cdt_ratio, ablation, attribution"),
         ("cdt.convention=authors", "bad config value cdt.convention='authors': expected one of reference, simple"),
         ("cdt.pooling=mean", "bad config value cdt.pooling='mean': expected one of all, last, first, position"),
         ("task.eval_size=-5", "bad config value task.eval_size=-5: expected null or an integer >= 0"),

@@ -80,7 +80,7 @@ def _circuit_size(v: Any) -> bool:
 #: cdt.scores.SCORE_KINDS, cdt.rules.CDTOptions.convention, cdt.baseline.POOLINGS; a test keeps
 #: them in step).
 SCHEDULES = ("linear", "constant", "cosine")
-SCORES = ("directional", "cdt_ratio", "ablation")
+SCORES = ("directional", "cdt_ratio", "ablation", "attribution")
 CONVENTIONS = ("reference", "simple")
 POOLINGS = ("all", "last", "first", "position")
 

@@ -1,4 +1,5 @@
-"""Head scores from decomposed logits: directional (default), CD-T ratio, mean ablation.
+"""Head scores from decomposed logits: directional (default), CD-T ratio, mean ablation, and its
+first-order estimate (attribution patching).
 
 - `directional`: mean over the discovery set of beta[gold] - mean(beta[other labels]): how much
   the head's relevant part pushes the output toward the gold label (signed, CT-SFT's idea; the
@@ -6,6 +7,9 @@
 - `cdt_ratio`: mean of |beta|_1 / |gamma|_1 over the class logits (CD-T's original, unsigned).
 - `ablation`: mean drop of the gold margin logit[gold] - mean(logit[others]) when the head's
   output is replaced by mu (positive = the head helps the gold label).
+- `attribution`: gradient of that margin wrt the head's output times (output - mu), summed over
+  the real positions and d_head: the first-order estimate of `ablation`, from one forward and one
+  backward per batch (`ctsft.cdt.attribution`; the CD-T options play no part in it).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from ctsft.io import atomic_path
 if TYPE_CHECKING:  # pandas is imported where a table is built: the engine runs without it
     import pandas as pd
 
-ScoreKind = Literal["directional", "cdt_ratio", "ablation"]
-SCORE_KINDS = ("directional", "cdt_ratio", "ablation")
+ScoreKind = Literal["directional", "cdt_ratio", "ablation", "attribution"]
+SCORE_KINDS = ("directional", "cdt_ratio", "ablation", "attribution")
 TSV_COLUMNS = ["layer", "head", "score", "rank", "n_examples", "score_kind"]
 
 
@@ -85,10 +89,15 @@ def score_heads(
 
     Each batch is first split into `length_groups` of `group_size` rows (None: as given). One clean
     forward per group is cached; heads of one layer are decomposed together in groups of
-    `head_batch` (stacked along the batch dim), starting from that layer.
+    `head_batch` (stacked along the batch dim), starting from that layer. `attribution` instead
+    takes one forward and one backward of the model per batch as given (no grouping).
     """
     if kind not in SCORE_KINDS:
         raise CtsftError(f"cdt.score must be one of {', '.join(SCORE_KINDS)}, got {kind!r}")
+    if kind == "attribution":
+        from ctsft.cdt.attribution import attribution_scores, engine_logits  # imports this module
+
+        return attribution_scores(engine_logits(engine), engine.adapter, batches, mu, progress)
     geo = engine.geo
     sums = torch.zeros(geo.n_layers, geo.n_heads, dtype=torch.float64, device=engine.device)
     n = 0

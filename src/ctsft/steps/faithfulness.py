@@ -1,5 +1,7 @@
 """Faithfulness report: mean-ablate the circuit, NearZero and random sets on the proxy test split;
-Spearman between the head scores and single-head ablation effects on the discovery set.
+Spearman between the head scores and single-head ablation effects on the discovery set, and
+`score_comparison`: Spearman vs ablation and wall time of the attribution and directional CD-T
+scores (and the ablation's time), always, whatever score the TSV holds.
 
     python -m ctsft.steps.faithfulness io.proxy_checkpoint=<theta_1> io.mu=<mu> io.circuit=<json> \
         io.scores=<scores.tsv> io.faithfulness=<report.json> [task.eval_size=120]
@@ -8,6 +10,9 @@ Spearman between the head scores and single-head ablation effects on the discove
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from omegaconf import DictConfig
 
@@ -31,6 +36,14 @@ from ctsft.steps.shared.discovery import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    """`fn()` and its wall time in seconds (the scores come back on the CPU, so GPU work is done)."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
 
 
 def run(cfg: DictConfig) -> dict:
@@ -58,17 +71,34 @@ def run(cfg: DictConfig) -> dict:
 
     examples, _ = discovery_set(cfg, model, meta)
     data = list(batches(model, examples, bs))
+    head_batch = int(cfg.cdt.head_batch)
+    seconds: dict[str, float] = {}
     with oom_hint(*CDT_MEMORY_KEYS):
-        effects, n_disc = score_heads(engine, data, mu, "ablation", int(cfg.cdt.head_batch))
+        (effects, n_disc), seconds["ablation"] = timed(
+            lambda: score_heads(engine, data, mu, "ablation", head_batch)
+        )
+        (directional, _), seconds["directional"] = timed(
+            lambda: score_heads(engine, data, mu, "directional", head_batch)
+        )
+        (attribution, _), seconds["attribution"] = timed(
+            lambda: score_heads(engine, data, mu, "attribution", head_batch)
+        )
     correlations = {
         "tsv_" + str(table["score_kind"].iloc[0]): spearman(
             scores_matrix(table).numpy(), effects.numpy()
         )
     }
     if table["score_kind"].iloc[0] != "directional":
-        with oom_hint(*CDT_MEMORY_KEYS):
-            directional, _ = score_heads(engine, data, mu, "directional", int(cfg.cdt.head_batch))
         correlations["directional"] = spearman(directional.numpy(), effects.numpy())
+    # the cheap first-order score next to CD-T, both against single-head ablation, same data
+    comparison = {
+        kind: {"spearman_vs_ablation": spearman(scores.numpy(), effects.numpy()), "seconds": sec}
+        for kind, scores, sec in (
+            ("attribution", attribution, seconds["attribution"]),
+            ("directional", directional, seconds["directional"]),
+        )
+    }
+    comparison["ablation"] = {"seconds": seconds["ablation"]}
     result = {
         "model": str(cfg.model.name),
         "task": str(cfg.task.name),
@@ -91,6 +121,7 @@ def run(cfg: DictConfig) -> dict:
             "split": "train (discovery set)",
             "margin_drop": effects.tolist(),
         },
+        "score_comparison": {"n_examples": n_disc, **comparison},
         "provenance": provenance(
             grid=coordinates(cfg, pair=False),
             step="faithfulness",
