@@ -159,7 +159,9 @@ def method_labels(frame: pd.DataFrame) -> pd.Series:
 
 
 #: Table order of the paper's methods; other variants follow alphabetically.
-METHOD_ORDER = ["zero_shot", "full_ft", "ctsft", "near_zero", "random_heads", "lora"]
+METHOD_ORDER = [
+    "zero_shot", "full_ft", "ctsft", "near_zero", "random_heads", "sparse_random", "norms_only", "lora",
+]  # fmt: skip
 
 
 def method_sort_key(label: str) -> tuple:
