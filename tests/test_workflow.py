@@ -132,7 +132,8 @@ def test_quick_config_replaces_the_paper_grid(tmp_path):
         "score_heads": 1,
         "select_circuit": 1,
         "faithfulness": 1,
-        "transfer": 3 * 6,  # jav, sun, bug x 6 methods: full_ft, ctsft, near_zero, lora + 2 controls
+        # jav, sun, bug x full_ft, ctsft, near_zero, lora, sparse_random, norms_only
+        "transfer": 3 * 6,
         "evaluate": 3 * 7,  # + zero_shot
         "tables": 1,
         "figures": 1,
