@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ctsft.adapters import LayerParts, NormSpec
 from ctsft.adapters.decoder import rotate_half
 from ctsft.cdt.rules import Parts, activation_name, clean_up, gated_node, linear_node, node_rules
+from ctsft.models.task_model import TaskModel
 
 if TYPE_CHECKING:
     from ctsft.adapters import Geometry
@@ -144,7 +145,7 @@ class _PassInput:
         """And the embeddings `[1, B, T, D]`. The read-out position is 0 for an encoder (the
         pooler reads it), the last real token for a causal model."""
         mask = batch["attention_mask"]
-        readout = mask.sum(1) - 1 if engine.kind == "causal" else torch.zeros_like(mask[:, 0])
+        readout = TaskModel.readout_positions(mask, engine.kind)
         emb = engine.adapter.embed(batch["input_ids"], batch.get("token_type_ids"))
         return cls(mask, readout, emb.dtype, {}), emb.unsqueeze(0)
 
