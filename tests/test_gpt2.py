@@ -239,7 +239,7 @@ def test_source_equal_to_mu_gives_zero_beta() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="engine.py's clean LayerNorm rounds ((x - mean) * inv) * w, the two-part rule "
+    reason="the clean LayerNorm (cdt/passes.py _TotalsPass.norm) rounds ((x - mean) * inv) * w, the two-part rule "
     "(x - mean) * (inv * w): GPT-2 is the first pre-LayerNorm family, so the naive path's "
     "layer-0 z differs from the cached z in the last bit",
 )
