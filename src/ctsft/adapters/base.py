@@ -160,6 +160,11 @@ class ArchAdapter(ABC):
     def norm_modules(self) -> dict[str, nn.Module]:
         """Every LayerNorm/RMSNorm module by qualified name (trainable under CT-SFT)."""
 
+    def _modules_where(self, is_norm: Callable[[nn.Module], bool]) -> dict[str, nn.Module]:
+        """The modules of `self.model` that `is_norm` accepts, by qualified name, in model order:
+        what every family's `norm_modules` is, with its own kind of norm."""
+        return {name: module for name, module in self.model.named_modules() if is_norm(module)}
+
     @abstractmethod
     def embed(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None

@@ -89,11 +89,7 @@ class DecoderAdapter(ArchAdapter):
         return self._norm(self.base.norm)
 
     def norm_modules(self) -> dict[str, nn.Module]:
-        return {
-            name: module
-            for name, module in self.model.named_modules()
-            if type(module).__name__.endswith("RMSNorm")
-        }
+        return self._modules_where(lambda module: type(module).__name__.endswith("RMSNorm"))
 
     def embed(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None

@@ -132,11 +132,7 @@ class GPT2Adapter(ArchAdapter):
         return norm_spec_of(self.base.ln_f, "layernorm")
 
     def norm_modules(self) -> dict[str, nn.Module]:
-        return {
-            name: module
-            for name, module in self.model.named_modules()
-            if isinstance(module, nn.LayerNorm)
-        }
+        return self._modules_where(lambda module: isinstance(module, nn.LayerNorm))
 
     def embed(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
