@@ -26,6 +26,7 @@ include: "workflow/rules/proxy.smk"
 include: "workflow/rules/cdt.smk"
 include: "workflow/rules/transfer.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/mechanism.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -46,9 +47,10 @@ localrules:
     prepare_model,
     tables,
     figures,
+    mechanism_report,
 
 
 rule all:
     default_target: True
     input:
-        all_targets(),
+        all_targets() + mechanism_report_files(),

@@ -12,17 +12,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-TINY_MODELS = ("tiny_bert", "tiny_llama", "tiny_qwen2", "tiny_gemma3")
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Prepared tiny model folders (random weights + word-level tokenizer), by model name."""
+    """Prepared tiny model folders (random weights + word-level tokenizer), by model name: one
+    `tiny_<arch>` per family of `ctsft.models.tiny.TINY_ARCHES`, the list the family tests sweep."""
     from ctsft.models import get_model_spec, prepare_model
+    from ctsft.models.tiny import TINY_ARCHES
 
     root = tmp_path_factory.mktemp("tiny_models")
     dirs = {}
-    for name in TINY_MODELS:
+    for name in (f"tiny_{arch}" for arch in TINY_ARCHES):
         prepare_model(get_model_spec(name), root / name)
         dirs[name] = root / name
     return dirs

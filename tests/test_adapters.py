@@ -1,9 +1,9 @@
 """The architecture adapter on every tiny family (and on the real e5-small).
 
-Two checks: the per-head slices reassemble every projection exactly, and the per-head
-activation read through the adapter's hook equals a from-scratch recomputation of attention
-out of the adapter's parts (norms, q/k/v, q/k norms, rotary, GQA, masks), and through the
-output projection gives the model's own attention output.
+Two checks: the per-head slices reassemble every projection exactly (GPT-2's fused Conv1D slices:
+tests/test_gpt2.py), and the per-head activation read through the adapter's hook equals a
+from-scratch recomputation of attention out of the adapter's parts (norms, q/k/v, q/k norms,
+rotary, GQA, masks), and through the output projection gives the model's own attention output.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def _manual_head_outputs(
     return (scores.softmax(-1) @ v).transpose(1, 2)
 
 
-def _check_adapter(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> None:
-    adapter = get_adapter(model)
+def _check_slices(adapter: ArchAdapter) -> None:
+    """Every head's slices are of the projection's own `nn.Linear` weights and tile them."""
     geo = adapter.geometry
     for layer in range(geo.n_layers):
         parts = adapter.layer(layer).attn
@@ -79,6 +79,12 @@ def _check_adapter(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.
         assert torch.equal(torch.cat([kv_rows[k] for k in sorted(kv_rows)]), parts.k.weight)
         assert len(kv_rows) == geo.n_kv_heads
 
+
+def _check_head_outputs(
+    model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor
+) -> None:
+    adapter = get_adapter(model)
+    geo = adapter.geometry
     attn_out: dict[int, torch.Tensor] = {}
     hooks = [
         adapter.layer(i).attn.o.register_forward_hook(
@@ -105,8 +111,26 @@ def _check_adapter(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.
         assert (recombined - attn_out[layer])[real].abs().max() < 1e-5
 
 
+def _check_adapter(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> None:
+    _check_slices(get_adapter(model))
+    _check_head_outputs(model, input_ids, mask)
+
+
+CONV1D_SLICES = pytest.mark.skip(
+    reason="GPT-2's q/k/v/o parts are views of the fused Conv1D c_attn / c_proj, not the "
+    "parameters its slices name: test_gpt2.test_head_slices_tile_the_conv1d_weights checks them"
+)
+
+
+@pytest.mark.parametrize(
+    "arch", [pytest.param(a, marks=CONV1D_SLICES) if a == "gpt2" else a for a in TINY_ARCHES]
+)
+def test_tiny_adapter_slices(arch: str) -> None:
+    _check_slices(get_adapter(tiny_model(arch)))
+
+
 @pytest.mark.parametrize("arch", TINY_ARCHES)
-def test_tiny_adapter_slices_and_head_outputs(arch: str) -> None:
+def test_tiny_adapter_head_outputs(arch: str) -> None:
     model = tiny_model(arch)
     torch.manual_seed(1)
     input_ids = torch.randint(4, 1000, (3, 20))
@@ -116,7 +140,7 @@ def test_tiny_adapter_slices_and_head_outputs(arch: str) -> None:
     if arch == "gemma3":  # exercise the sliding window (16) against a longer sequence
         input_ids = torch.randint(4, 1000, (2, 24))
         mask = torch.ones_like(input_ids)
-    _check_adapter(model, input_ids, mask)
+    _check_head_outputs(model, input_ids, mask)
 
 
 def test_gqa_geometry_and_norms() -> None:

@@ -311,6 +311,9 @@ def test_the_allowed_values_follow_the_code_that_reads_them():
 
     assert config.SCHEDULES == tuple(_SCHEDULES) and config.SCORES == SCORE_KINDS
     assert config.POOLINGS == POOLINGS
+    from ctsft.cdt.rules import CDT_PATHS
+
+    assert config.CDT_PATHS == CDT_PATHS
     for convention in config.CONVENTIONS:
         CDTOptions(convention=convention)
     with pytest.raises(ValueError):

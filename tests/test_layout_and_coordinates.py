@@ -104,3 +104,20 @@ def test_the_workflow_names_its_paths_only_through_the_layout() -> None:
         if pattern.search(line) and not line.lstrip().startswith("#")
     ]
     assert spelled == []
+
+
+def test_an_experiment_overrides_the_global_hydra_overrides() -> None:
+    import yaml
+
+    from ctsft.workflow_config import REPO_ROOT, step_overrides
+
+    config = yaml.safe_load((REPO_ROOT / "config" / "quick.yaml").read_text())
+    nusax = step_overrides(config, "finetune", ("nusax", "ind"))
+    xnli = step_overrides(config, "finetune", ("xnli", "en"))
+    common = ["model.freeze_embeddings=true", "train=quick", "task.train_size=240"]
+    assert nusax == common
+    # the last value of a key is the one Hydra keeps
+    assert xnli == [*common, "task.train_size=720"]
+    assert step_overrides(config, "mean_baseline", ("nusax", "ind"))[-1] == "cdt.n_per_label=8"
+    assert step_overrides(config, "mean_baseline", ("xnli", "en"))[-1] == "cdt.pool_size=480"
+    assert step_overrides(config, "prepare_model") == common[:2]

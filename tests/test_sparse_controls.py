@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_gpt2 import gpt2_dir  # noqa: F401 - a fixture, requested by name
 from test_train_masking import (
     ARCHES,
     CIRCUIT,
@@ -39,7 +38,7 @@ from ctsft.train import methods as registry
 from ctsft.train.masking import SCATTER_HOLDER
 from ctsft.train.methods import TrainablePlan, method_needs_circuit, method_trains
 
-FAMILIES = (*ARCHES, "tiny_gpt2")
+FAMILIES = ARCHES  # every tiny family (ctsft.models.tiny.TINY_ARCHES), GPT-2 included
 # q/k/v/o projections of BERT, the decoders (Llama, Qwen2, Gemma3) and GPT-2 (fused c_attn)
 ATTENTION = re.compile(
     r"\.(self\.query|self\.key|self\.value|attention\.output\.dense|"
@@ -50,8 +49,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tiny_model_dirs: dict[str, Path], gpt2_dir: Path) -> dict[str, Path]:  # noqa: F811
-    return {**tiny_model_dirs, "tiny_gpt2": gpt2_dir}
+def model_dirs(tiny_model_dirs: dict[str, Path]) -> dict[str, Path]:
+    return tiny_model_dirs
 
 
 def _load(model_dirs: dict[str, Path], arch: str) -> TaskModel:
@@ -128,9 +127,8 @@ def test_sparse_random_spends_exactly_the_ctsft_budget(
     norms = [e for e in ctsft.entries if e.dim is None]
     n_norms = sum(params[e.name].numel() for e in norms)
     assert plan.trainable == ctsft.trainable
-    if arch != "tiny_gpt2":  # test_gpt2 checks GPT-2's head count
-        assert n_norms == expected_norm_count(model.hf)
-        assert ctsft.trainable == expected_head_count(model.hf, CIRCUIT["circuit"]) + n_norms
+    assert n_norms == expected_norm_count(model.hf)
+    assert ctsft.trainable == expected_head_count(model.hf, CIRCUIT["circuit"]) + n_norms
     assert plan.entries == norms and plan.heads == []
     assert plan.scatter is not None
     assert plan.scatter.numel == ctsft.trainable - n_norms

@@ -21,7 +21,7 @@ def _examples(n: int = 4) -> list[dict]:
     return [ds[i] for i in range(n)]
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_qwen2", "tiny_gemma3"])
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_qwen2", "tiny_gemma3", "tiny_gpt2"])
 def test_causal_logits_are_the_lm_logits_of_the_label_tokens_at_the_last_real_token(
     tiny_model_dirs: dict[str, Path], name: str
 ) -> None:

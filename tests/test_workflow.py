@@ -108,6 +108,8 @@ def test_paper_grid_plans_every_job():
     assert counts["select_circuit"] == counts["faithfulness"] == 3 * ks
     assert counts["prepare_model"] <= 1  # 0 when results/models/e5_small exists already
     assert counts["tables"] == counts["figures"] == counts["all"] == 1
+    assert counts["mechanism"] == pairs * ks * seeds == 144  # ctsft only (kind heads, circuit)
+    assert counts["mechanism_report"] == 1
 
 
 def plan_quick(tmp_path, *targets: str) -> dict:
@@ -126,17 +128,20 @@ def test_quick_config_replaces_the_paper_grid(tmp_path):
     counts = plan_quick(tmp_path)
     assert counts == {
         "prepare_model": 1,
-        "finetune": 1,
-        "evaluate_proxy": 1,
-        "mean_baseline": 1,
-        "score_heads": 1,
-        "select_circuit": 1,
-        "faithfulness": 1,
-        # jav, sun, bug x full_ft, ctsft, near_zero, lora, sparse_random, norms_only
-        "transfer": 3 * 6,
-        "evaluate": 3 * 7,  # + zero_shot
+        # NusaX ind (Table 1) and XNLI en (Table 2)
+        "finetune": 2,
+        "evaluate_proxy": 2,
+        "mean_baseline": 2,
+        "score_heads": 2,
+        "select_circuit": 2,
+        "faithfulness": 2,
+        # jav, sun, bug, sw x full_ft, ctsft, near_zero, lora, sparse_random, norms_only
+        "transfer": 4 * 6,
+        "evaluate": 4 * 7,  # + zero_shot
         "tables": 1,
         "figures": 1,
+        "mechanism": 4,  # jav, sun, bug, sw x ctsft (1 k, 1 seed)
+        "mechanism_report": 1,
         "all": 1,
     }
 
@@ -247,12 +252,13 @@ def test_report_front_page_has_no_system_messages(tmp_path):
     import matplotlib.pyplot as plt
 
     results = tmp_path / "results"
-    for name in ("table1_nusax", "table3_forgetting"):
+    for name in ("table1_nusax", "table3_forgetting", "mechanism_transfer"):
         for fmt in ("csv", "md", "tex"):
             (results / "tables").mkdir(parents=True, exist_ok=True)
             (results / "tables" / f"{name}.{fmt}").write_text("method,accuracy\nctsft,0.5\n")
     figures = [
-        results / "figures" / f"{n}.png" for n in ("accuracy_vs_params", "forgetting", "tradeoff")
+        results / "figures" / f"{n}.png"
+        for n in ("accuracy_vs_params", "forgetting", "tradeoff", "mechanism_transfer")
     ]
     for png in [*figures, results / "nusax/tiny_bert/ind/heatmap.png"]:
         png.parent.mkdir(parents=True, exist_ok=True)
@@ -308,6 +314,10 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
     for fig in ("accuracy_vs_params", "forgetting", "tradeoff"):
         assert (results / "figures" / f"{fig}.png").stat().st_size > 0
     assert (results / "nusax/tiny_bert/ind/heatmap.png").stat().st_size > 0
+    mechanism = csv_rows(tables / "mechanism_transfer.csv")  # theta_1 and CT-SFT per target
+    assert len(mechanism) == len(targets) * 2
+    assert all(0 < float(r["p_value"]) <= 1 for r in mechanism)
+    assert (results / "figures" / "mechanism_transfer.png").stat().st_size > 0
 
     # 2. a second run has nothing to do, quickly
     started = time.monotonic()
@@ -337,7 +347,10 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
     edited_file = tmp_path / "tiny_ctsft_edit.yaml"
     edited_file.write_text(yaml.safe_dump(edited))
     counts = plan(*tiny_args(results, edited_file))
-    assert counts == {"transfer": 1, "evaluate": 1, "tables": 1, "figures": 1, "all": 1}
+    assert counts == {
+        "transfer": 1, "evaluate": 1, "mechanism": 1, "mechanism_report": 1,  # ctsft's mechanism
+        "tables": 1, "figures": 1, "all": 1,
+    }  # fmt: skip
 
     # 4. a job that fails leaves no output that Snakemake takes as finished
     broken = copy.deepcopy(cfg)

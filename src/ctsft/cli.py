@@ -23,6 +23,16 @@ from ctsft.errors import CtsftError
 log = logging.getLogger("ctsft")
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux /proc; 0.0 elsewhere): the job's start-up."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started = int(stat.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+            return float(uptime.read().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def setup(cfg: DictConfig) -> None:
     """Seed-independent process setup: logging format and torch threads."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -77,12 +77,14 @@ def _circuit_size(v: Any) -> bool:
 
 
 #: Allowed values of the choice keys (the code that reads them: train.loop._SCHEDULES,
-#: cdt.scores.SCORE_KINDS, cdt.rules.CDTOptions.convention, cdt.baseline.POOLINGS; a test keeps
+#: cdt.scores.SCORE_KINDS, cdt.rules.CDTOptions.convention, cdt.baseline.POOLINGS,
+#: cdt.rules.CDT_PATHS; a test keeps
 #: them in step).
 SCHEDULES = ("linear", "constant", "cosine")
 SCORES = ("directional", "cdt_ratio", "ablation", "attribution")
 CONVENTIONS = ("reference", "simple")
 POOLINGS = ("all", "last", "first", "position")
+CDT_PATHS = ("fast", "reference")
 
 #: key -> (what it takes, check); keys a config does not have are skipped.
 VALUE_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
@@ -106,11 +108,13 @@ VALUE_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "task.eval_size": _ints(0, null=True),
     "cdt.k": ("a head count (an integer >= 1) or a fraction in (0, 1]", _circuit_size),
     "cdt.n_per_label": _ints(1),
+    "cdt.pool_size": _ints(1, null=True),
     "cdt.head_batch": _ints(1),
     "cdt.batch_size": _ints(1),
     "cdt.random_sets": _ints(0),
     "cdt.bias_eps": _numbers(0),
     "cdt.score": _one_of(*SCORES),
+    "cdt.path": _one_of(*CDT_PATHS),
     "cdt.convention": _one_of(*CONVENTIONS),
     "cdt.pooling": _one_of(*POOLINGS),
 }

@@ -8,6 +8,8 @@
     R/{task}/{model}/{proxy}/k{k}/faithfulness.json
     R/{task}/{model}/{proxy}-{target}/{variant}/seed{seed}/checkpoint/     transfer
     R/{task}/{model}/{proxy}-{target}/{variant}/seed{seed}/metrics.json    evaluation
+    R/{task}/{model}/{proxy}-{target}/{variant}/seed{seed}/mechanism.json  heads re-scored on
+        the target by theta_1 and CT-SFT vs the proxy (+ mechanism_scores.tsv; ctsft variants)
     R/tables/, R/figures/, R/logs/{rule}/{job}.log, R/benchmarks/{rule}/{job}.tsv
     M/{model}/ the prepared base model (its log and benchmark under M/logs, M/benchmarks)
 
@@ -46,6 +48,8 @@ TEMPLATES: dict[str, str] = {
     "faithfulness": f"{CIRCUIT}/faithfulness.json",
     "checkpoint": f"{RUN}/checkpoint",
     "metrics": f"{RUN}/metrics.json",
+    "mechanism": f"{RUN}/mechanism.json",
+    "mechanism_scores": f"{RUN}/mechanism_scores.tsv",
     "table": "{R}/tables/{table}.{format}",
     "figure": "{R}/figures/{figure}.png",
     "log": "{root}/logs/{rule}/{job}.log",
@@ -57,6 +61,10 @@ TABLE_OF_TASK = {"nusax": "table1_nusax", "xnli": "table2_xnli"}
 TABLE_FORGETTING = "table3_forgetting"
 TABLE_FORMATS = ("csv", "md", "tex")
 FIGURES = ("accuracy_vs_params", "forgetting", "tradeoff")
+#: Table and figure of the mechanism-transfer comparison (rule mechanism_report; only built when a
+#: variant trains the circuit heads, so kept apart from the tables and FIGURES of every run).
+TABLE_MECHANISM = "mechanism_transfer"
+FIGURE_MECHANISM = "mechanism_transfer"
 
 
 class _Partial(dict):

@@ -342,3 +342,19 @@ def hydra_quote(value: Any) -> str:
     if re.fullmatch(r"[\w./+-]+", value) and not re.fullmatch(r"[\d.+-]+|true|false|null", value):
         return value
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def step_overrides(
+    config: dict[str, Any], step: str, experiment: tuple[str, str] | None = None
+) -> list[str]:
+    """The `hydra_overrides` a job of `step` gets: `all` then `step` of the config, then the same
+    two of the experiment `(task, proxy)` it belongs to, so the experiment's own values win
+    (Hydra keeps the last value of a key)."""
+    layers = [config.get("hydra_overrides") or {}]
+    if experiment is not None:
+        layers += [
+            exp.get("hydra_overrides") or {}
+            for exp in config["experiments"]
+            if (exp["task"], exp["proxy"]) == experiment
+        ]
+    return [str(o) for extras in layers for key in ("all", step) for o in extras.get(key, [])]

@@ -22,6 +22,7 @@ from ctsft.workflow_config import (
     hydra_quote,
     model_slug,
     resolve_data_root,
+    step_overrides,
 )
 
 R = config["results_dir"].rstrip("/")
@@ -239,17 +240,18 @@ def _common(wildcards, step, rule):
         f"wandb.job_type={rule}",
         f"wandb.name={name or rule}",
     ]
-    extras = config.get("hydra_overrides", {})
-    return overrides + list(extras.get("all", [])) + list(extras.get(step, []))
+    return overrides + step_extras(step, wildcards)
+
+
+def step_extras(step, wildcards=None):
+    """`hydra_overrides` of `step` for a job (ctsft.workflow_config.step_overrides)."""
+    if wildcards is None or "proxy" not in wildcards.keys():
+        return step_overrides(config, step)
+    return step_overrides(config, step, (wildcards.task, wildcards.proxy))
 
 
 def overrides_model(wildcards):
-    extras = config.get("hydra_overrides", {})
-    return (
-        [model_override(wildcards)]
-        + list(extras.get("all", []))
-        + list(extras.get("prepare_model", []))
-    )
+    return [model_override(wildcards)] + step_extras("prepare_model")
 
 
 def overrides_proxy(step, rule):

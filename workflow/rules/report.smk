@@ -63,3 +63,38 @@ rule figures:
         runtime=5,
     script:
         "../scripts/figures.py"
+
+
+rule mechanism_report:
+    """Do mechanisms transfer? The table and figure of every mechanism record (CT-SFT variants)."""
+    input:
+        records=mechanism_files("mechanism"),
+        scores=mechanism_files("mechanism_scores"),
+    output:
+        tables=[
+            report(
+                path,
+                caption="../report/mechanism_transfer.rst",
+                category="Mechanism transfer",
+                labels={"table": Path(path).stem, "format": Path(path).suffix[1:]},
+            )
+            for path in mechanism_table_files()
+        ],
+        figure=report(
+            at("figure", figure=FIGURE_MECHANISM),
+            caption="../report/mechanism_transfer.rst",
+            category="Mechanism transfer",
+            labels={"figure": "proxy vs target head scores"},
+        ),
+    log:
+        logfile("mechanism_report", "mechanism_report"),
+    benchmark:
+        benchfile("mechanism_report", "mechanism_report")
+    conda:
+        "../envs/ctsft.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    script:
+        "../scripts/mechanism_report.py"

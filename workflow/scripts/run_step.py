@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (the start-up clock starts before the imports it measures)
 """Run one `ctsft.steps.<step>` from a Snakemake rule: the rule's params name the step and its
 Hydra overrides; its named inputs and outputs become `io.<name>=<path>` overrides.
 
@@ -8,13 +9,17 @@ The job is the same as typing, from the repository root,
 which the log file records on its first line, so any job can be rerun by hand.
 """
 
+import time
+
+T_SCRIPT = time.monotonic()  # before the imports below: their cost is part of the start-up
+
 import importlib
 import logging
 import shlex
 import sys
 import traceback
 
-from ctsft.cli import resource_message, setup
+from ctsft.cli import process_age, resource_message, setup
 from ctsft.config import compose
 from ctsft.errors import CtsftError
 from ctsft.workflow_config import hydra_quote
@@ -54,6 +59,7 @@ def _fault(err: Exception, step: str, log_file) -> int:
 
 
 def main() -> int:
+    before_script = process_age() - (time.monotonic() - T_SCRIPT)
     step, overrides = build_overrides()
     with open(snakemake.log[0], "w") as log_file:
         # Everything the step prints or logs goes to the rule's log file.
@@ -67,9 +73,20 @@ def main() -> int:
         print("$ python -m ctsft.steps." + step + " " + shlex.join(overrides), flush=True)
         try:
             module = importlib.import_module(f"ctsft.steps.{step}")
+            t_imported = time.monotonic()
             cfg = compose(overrides)
             setup(cfg)
+            t_composed = time.monotonic()
             module.run(cfg)
+            logging.getLogger("ctsft.timing").info(
+                "start-up %.1f s (interpreter and Snakemake preamble %.1f s, imports %.1f s, "
+                "config %.1f s), step %.1f s",
+                t_composed - T_SCRIPT + before_script,
+                before_script,
+                t_imported - T_SCRIPT,
+                t_composed - t_imported,
+                time.monotonic() - t_composed,
+            )
         except CtsftError as err:
             print(f"error: {err}", file=log_file, flush=True)
             print(f"error: {err} (log: {snakemake.log[0]})", file=sys.__stderr__, flush=True)

@@ -22,11 +22,10 @@ token). It is a few hooks on the adapter's o-projection inputs.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -34,33 +33,16 @@ from ctsft.adapters import ArchAdapter
 from ctsft.cdt.engine import CDTEngine
 from ctsft.cdt.scores import gold_margin  # scores imports this module inside score_heads
 from ctsft.errors import CtsftError
-from ctsft.models.task_model import TaskModel
+from ctsft.models.task_model import class_logits
 
 Logits = Callable[..., torch.Tensor]  # `model(**batch)` -> class logits [batch, n_labels]
 
 
 def engine_logits(engine: CDTEngine) -> Logits:
-    """`TaskModel.forward` of the engine's model: the ordinary Hugging Face forward, read out as
-    the engine does (encoder: the classifier's logits; causal: the label rows of the unembedding
-    at the last real token)."""
-    hf = engine.hf
-
-    def forward(
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-        **_: Any,
-    ) -> torch.Tensor:
-        if engine.kind == "encoder":
-            kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-            return hf(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
-        hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask)
-        hidden = hidden.last_hidden_state
-        last = TaskModel.readout_positions(attention_mask, "causal")
-        rows = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return F.linear(rows, engine.unembed_w, engine.unembed_b)
-
-    return forward
+    """`TaskModel.forward` of the engine's model: the one read-out
+    (`ctsft.models.task_model.class_logits`) on the engine's Hugging Face model, kind and label
+    tokens (an engine may be built from a bare model, without a `TaskModel`)."""
+    return functools.partial(class_logits, engine.hf, engine.kind, engine.label_ids)
 
 
 @contextlib.contextmanager

@@ -44,17 +44,25 @@ def discovery_indices(
     seed: int,
     correct_only: bool,
     batch_size: int = 32,
+    pool_size: int | None = None,
 ) -> tuple[list[int], dict[str, Any]]:
-    """Row indices of the label-balanced discovery set M, and a record of how it was drawn.
+    """Row indices (into `pool`) of the label-balanced discovery set M, and a record of how it
+    was drawn.
 
-    `correct_only` first keeps the rows theta_1 predicts correctly, then balances. When a label has
+    `pool_size` first keeps a seeded random subset of that many candidate rows, so that
+    `correct_only` need not classify a large pool (XNLI's 2,241 rows) to keep a few dozen.
+    `correct_only` then keeps the rows theta_1 predicts correctly, then balances. When a label has
     fewer correct rows than `n_per_label`, every label gets that smaller count (balance is what
     makes mu neutral) and the record says so.
     """
     labels = list(pool["label"])
     candidates = list(range(len(pool)))
+    if pool_size is not None and pool_size < len(pool):
+        generator = torch.Generator().manual_seed(seed)
+        candidates = sorted(torch.randperm(len(pool), generator=generator)[:pool_size].tolist())
     info: dict[str, Any] = {
         "pool_size": len(pool),
+        "candidates": len(candidates),
         "correct_only": correct_only,
         "n_per_label": n_per_label,
     }
@@ -63,8 +71,8 @@ def discovery_indices(
         # move a logit in its last bits and so the rows kept
         rows = [pool[i] for i in candidates]
         preds = predict(task_model, rows, batch_size, by_length=False)[0].tolist()
-        candidates = [i for i in candidates if preds[i] == labels[i]]
-        info["pool_accuracy"] = len(candidates) / max(len(pool), 1)
+        candidates = [i for i, p in zip(candidates, preds, strict=True) if p == labels[i]]
+        info["pool_accuracy"] = len(candidates) / max(len(rows), 1)
     kept = [labels[i] for i in candidates]
     counts = {lab: kept.count(lab) for lab in sorted(set(labels))}
     smallest = min(counts.values()) if counts else 0

@@ -16,6 +16,9 @@ mode walks the same layers (`ctsft.cdt.passes._Pass`) over the same node rules
   values only the read-out position is propagated.
 - `ablate`: class logits with head sets replaced by mu, a totals-only forward from the cache.
 
+`decompose_on_path` is what the scores call: `decompose` or `decompose_naive` as
+`CDTOptions.path` (`cdt.path`) asks; docs/cdt_paths.md compares the two.
+
 Tensors carry a leading source dim: `[S, batch, pos, ...]` (the cache has S = 1 and broadcasts).
 """
 
@@ -85,6 +88,7 @@ class CDTEngine:
         self.geo = self.adapter.geometry
         self.device = next(hf_model.parameters()).device  # every tensor of a pass lives here
         self.parts: list[LayerParts] = self.adapter.layers()
+        self.label_ids: list[int] = list(label_ids or []) if kind == "causal" else []
         if kind == "encoder":
             self.pooler, self.pooler_act, self.classifier = self.adapter.classifier_head()
         else:
@@ -137,6 +141,19 @@ class CDTEngine:
         """Reference path: explicit two-stream propagation from the embeddings, no cache."""
         beta, gamma, layers = NaivePass(self, batch, record_layers).run(source_sets, mu)
         return Decomposition(beta, gamma, (beta + gamma)[0], layers)
+
+    def decompose_on_path(
+        self,
+        batch: dict[str, torch.Tensor],
+        source_sets: Sequence[Sequence[Source]],
+        mu: torch.Tensor,
+        cache: CleanCache | None = None,
+    ) -> Decomposition:
+        """The decomposition `options.path` names: `fast` is `decompose` (from `cache`), `reference`
+        is `decompose_naive` (the authors' two-stream walk; it ignores the cache)."""
+        if self.options.path == "reference":
+            return self.decompose_naive(batch, source_sets, mu)
+        return self.decompose(batch, source_sets, mu, cache=cache)
 
     @torch.inference_mode()
     def ablate(

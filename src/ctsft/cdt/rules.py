@@ -22,10 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from ctsft.config_files import group_config
+from ctsft.errors import CtsftError
 
 log = logging.getLogger(__name__)
 
 Convention = Literal["reference", "simple"]
+CDTPath = Literal["fast", "reference"]
+CDT_PATHS = ("fast", "reference")
 Activation = Callable[[torch.Tensor], torch.Tensor]
 Parts = tuple[torch.Tensor, torch.Tensor]
 
@@ -41,6 +44,12 @@ class CDTOptions:
     `compile`: fuse each node's elementwise rules with `torch.compile` (needs a C++ compiler;
     falls back to eager with a warning). Off in the YAML; the workflow configs turn it on for the
     CD-T steps.
+
+    `path`: how the decomposition scores (`directional`, `cdt_ratio`) decompose: `fast`
+    (`CDTEngine.decompose`, totals from the clean cache, so beta + gamma is the clean forward by
+    construction) or `reference` (`CDTEngine.decompose_naive`, both parts from the embeddings as in
+    the authors' code, including the bias mass its `bias_eps` loses). Ablation and attribution do
+    not decompose: the path changes nothing for them.
     """
 
     convention: Convention = _CDT["convention"]
@@ -48,12 +57,15 @@ class CDTOptions:
     normalize_rel_irrel: bool = _CDT["normalize_rel_irrel"]
     bias_eps: float = float(_CDT["bias_eps"])
     compile: bool = _CDT["compile"]
+    path: CDTPath = _CDT["path"]
 
     def __post_init__(self) -> None:
         if self.convention not in ("reference", "simple"):
             raise ValueError(f"convention must be 'reference' or 'simple', got {self.convention!r}")
         if self.bias_eps < 0:
             raise ValueError("bias_eps must be >= 0")
+        if self.path not in CDT_PATHS:  # a user's config value: one line at the step's entry
+            raise CtsftError(f"cdt.path must be one of {', '.join(CDT_PATHS)}, got {self.path!r}")
 
 
 # -- elementwise rules ------------------------------------------------------------------------

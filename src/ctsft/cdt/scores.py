@@ -10,6 +10,10 @@ first-order estimate (attribution patching).
 - `attribution`: gradient of that margin wrt the head's output times (output - mu), summed over
   the real positions and d_head: the first-order estimate of `ablation`, from one forward and one
   backward per batch (`ctsft.cdt.attribution`; the CD-T options play no part in it).
+
+`directional` and `cdt_ratio` decompose on the path of `CDTOptions.path` (`cdt.path`: `fast`, the
+cached decomposition, or `reference`, the authors' two-stream walk; docs/cdt_paths.md);
+`ablation` and `attribution` do not decompose, so the path changes nothing for them.
 """
 
 from __future__ import annotations
@@ -89,8 +93,9 @@ def score_heads(
 
     Each batch is first split into `length_groups` of `group_size` rows (None: as given). One clean
     forward per group is cached; heads of one layer are decomposed together in groups of
-    `head_batch` (stacked along the batch dim), starting from that layer. `attribution` instead
-    takes one forward and one backward of the model per batch as given (no grouping).
+    `head_batch` (stacked along the batch dim), starting from that layer (from the embeddings on
+    the `reference` path, `engine.options.path`). `attribution` instead takes one forward and one
+    backward of the model per batch as given (no grouping).
     """
     if kind not in SCORE_KINDS:
         raise CtsftError(f"cdt.score must be one of {', '.join(SCORE_KINDS)}, got {kind!r}")
@@ -119,7 +124,7 @@ def score_heads(
                 logits = engine.ablate(cache, [[(layer, h)] for h in heads], mu)
                 value = clean_margin - gold_margin(logits, labels)
             else:
-                dec = engine.decompose(batch, [[(layer, h)] for h in heads], mu, cache=cache)
+                dec = engine.decompose_on_path(batch, [[(layer, h)] for h in heads], mu, cache)
                 if kind == "directional":
                     value = gold_margin(dec.beta, labels)
                 else:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ from ctsft.errors import CtsftError
 from ctsft.io import atomic_path
 from ctsft.runtime import CPU, Runtime
 
+log = logging.getLogger(__name__)
+
 TASK_MODEL_FILE = "task_model.json"
 
 
@@ -45,6 +49,30 @@ def label_token_ids(tokenizer: Any, label_words: tuple[str, ...]) -> list[int]:
     if len(set(ids)) != len(ids):
         raise CtsftError(f"label words {label_words} map to the same token: choose distinct words")
     return ids
+
+
+def class_logits(
+    hf_model: nn.Module,
+    kind: str,
+    label_ids: list[int],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor | None = None,
+    **_: Any,
+) -> torch.Tensor:
+    """Class logits `[batch, n_labels]` of a Hugging Face model read out as `kind`: the
+    classifier's logits (encoder), or the LM logits of the label tokens `label_ids` at the last
+    real token (causal). The one read-out: `TaskModel.forward` and the attribution scores (which
+    may hold only the bare model of a `CDTEngine`) both call it."""
+    if kind == "encoder":
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        return hf_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+    hidden = hf_model.base_model(
+        input_ids=input_ids, attention_mask=attention_mask
+    ).last_hidden_state
+    last = TaskModel.readout_positions(attention_mask, "causal")
+    rows = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    return hf_model.lm_head(rows)[:, label_ids]
 
 
 class TaskModel(nn.Module):
@@ -129,15 +157,9 @@ class TaskModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         **_: Any,
     ) -> torch.Tensor:
-        if self.kind == "encoder":
-            kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-            return self.hf(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
-        hidden = self.hf.base_model(
-            input_ids=input_ids, attention_mask=attention_mask
-        ).last_hidden_state
-        last = self.readout_positions(attention_mask, "causal")
-        rows = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return self.hf.lm_head(rows)[:, self.label_ids]
+        return class_logits(
+            self.hf, self.kind, self.label_ids, input_ids, attention_mask, token_type_ids
+        )
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, out_dir: str | Path, extra: dict[str, Any] | None = None) -> None:
@@ -181,6 +203,7 @@ def load_task_model(
     (`ctsft.artifacts.check_checkpoint`): a truncated or corrupt one, or one of another task, kind
     or (given `model_name`) model, is a one-line error naming the rule to force.
     """
+    started = time.monotonic()
     attn_implementation = runtime.attention
     folder = Path(model_dir)
     spec = get_task(task) if isinstance(task, str) else task
@@ -201,4 +224,5 @@ def load_task_model(
         ) from err
     tokenizer = load_tokenizer(folder)
     hf.to(runtime.device)
+    log.info("loaded %s (%s) in %.1f s", folder, kind, time.monotonic() - started)
     return TaskModel(hf, tokenizer, spec, kind, max_length=max_length, runtime=runtime)

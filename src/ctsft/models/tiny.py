@@ -61,8 +61,8 @@ def tiny_config(arch: str, num_labels: int = 3) -> PretrainedConfig:
     )
 
 
-#: BERT plus the decoders (what the engine tests sweep); `xlmr` is the second encoder layout.
-TINY_ARCHES = ("bert", "llama", "qwen2", "gemma3")
+#: BERT, the decoders and GPT-2 (what the family tests sweep); `xlmr` is the second encoder layout.
+TINY_ARCHES = ("bert", "llama", "qwen2", "gemma3", "gpt2")
 TINY_ENCODERS = ("bert", "xlmr")
 
 

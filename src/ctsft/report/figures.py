@@ -8,6 +8,10 @@
   training the NearZero heads (ctsft − near_zero target accuracy, mean over seeds) against the
   zero-shot accuracy of the pair (how hard the transfer is). The paper's finding: hard transfers
   (low zero-shot accuracy) favour editing circuit heads, easy ones favour NearZero.
+- mechanism_transfer (`mechanism_figure`, from the mechanism records and their per-head TSVs):
+  proxy head scores against the same heads' scores on the target language, by theta_1 and by the
+  CT-SFT model, one panel each per pair (first seed); proxy circuit heads in red, the target's
+  own top-k ringed.
 
     build_figures(metrics_paths, {"accuracy_vs_params": "a.png", "forgetting": "f.png", "tradeoff": "t.png"})
 """
@@ -24,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ctsft.layout import FIGURES as FIGURES  # noqa: E402  (re-exported: the figure names)
+from ctsft.report.mechanism import COMPARISONS, read_mechanism  # noqa: E402
 from ctsft.report.records import method_sort_key, read_records  # noqa: E402
 
 
@@ -157,10 +162,82 @@ def tradeoff(records: pd.DataFrame, out: str | Path) -> Path:
     return _save(fig, out)
 
 
-def _save(fig, out: str | Path) -> Path:
+MECHANISM_TITLES = {"theta1_target": "theta_1", "ctsft_target": "CT-SFT"}
+MECHANISM_PAIRS_PER_ROW = 3
+
+
+def _first_seeds(
+    records: list[dict], tables: list[pd.DataFrame]
+) -> list[tuple[dict, pd.DataFrame]]:
+    """One (record, per-head table) per pair and variant: the lowest seed (a panel per seed
+    would multiply the figure by the seeds; the table has them all)."""
+    chosen: dict[tuple, tuple[dict, pd.DataFrame]] = {}
+    for record, table in sorted(
+        zip(records, tables, strict=True), key=lambda rt: int(rt[0]["grid"].get("seed") or 0)
+    ):
+        g = record["grid"]
+        chosen.setdefault((g["task"], g["proxy"], g["target"], g.get("variant")), (record, table))
+    return [chosen[key] for key in sorted(chosen, key=str)]
+
+
+def _mechanism_panel(ax, record: dict, table: pd.DataFrame, comparison: str) -> None:
+    g, result = record["grid"], record["comparisons"][comparison]
+    top = {tuple(h) for h in result["top_k"]}
+    in_top = [(a, b) in top for a, b in zip(table["layer"], table["head"], strict=True)]
+    circuit = table["in_circuit"].astype(str).str.lower() == "true"
+    rest = ~circuit
+    ax.scatter(
+        table["proxy"][rest], table[comparison][rest], s=10, color="0.6", label="other heads"
+    )
+    ax.scatter(
+        table["proxy"][circuit], table[comparison][circuit], s=24, color="tab:red",
+        label="proxy circuit",
+    )  # fmt: skip
+    ax.scatter(
+        table["proxy"][in_top], table[comparison][in_top], s=70, facecolors="none",
+        edgecolors="k", label=f"target top-{record['k']}",
+    )  # fmt: skip
+    ov = result["overlap"]["circuit"]
+    who = MECHANISM_TITLES.get(comparison, comparison)
+    ax.set_title(
+        f"{g['proxy']} → {g['target']} ({g.get('variant')}): {who}\n"
+        f"circuit {ov['overlap']}/{record['k']} in top-k, J={ov['jaccard']:.2f}, "
+        f"p={ov['p_value']:.2g}, rho={result['spearman']['rho']:.2f}",
+        fontsize=8,
+    )
+    ax.set_xlabel(f"proxy ({g['proxy']}) {record['score_kind']} score", fontsize=8)
+    ax.set_ylabel(f"target ({g['target']}) score, {who}", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def mechanism_figure(
+    record_paths: Iterable[str | Path], score_paths: Iterable[str | Path], out: str | Path
+) -> Path:
+    """Proxy vs target head scores, one panel per (pair, model scored on the target)."""
+    records = [read_mechanism(p) for p in record_paths]
+    tables = [pd.read_csv(p, sep="\t") for p in score_paths]
+    cells = _first_seeds(records, tables)
+    per_row = 2 * min(max(len(cells), 1), MECHANISM_PAIRS_PER_ROW)
+    n_rows = max(1, -(-len(cells) * 2 // per_row))
+    fig, axes = plt.subplots(n_rows, per_row, figsize=(3.6 * per_row, 3.2 * n_rows), squeeze=False)
+    flat = list(axes.flat)
+    if not cells:
+        _empty(flat[0], "no mechanism records")
+    for i, (record, table) in enumerate(cells):
+        for j, comparison in enumerate(COMPARISONS):
+            _mechanism_panel(flat[2 * i + j], record, table, comparison)
+    if cells:
+        flat[0].legend(fontsize=7, loc="best", framealpha=0.6)
+        for ax in flat[2 * len(cells) :]:
+            ax.set_visible(False)
+    fig.tight_layout()
+    return _save(fig, out, dpi=150 if len(cells) <= 6 else 100)
+
+
+def _save(fig, out: str | Path, dpi: int = 150) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out
 

@@ -11,6 +11,9 @@ Every cell carries a 95% bootstrap interval over the test rows (and the seeds or
 1/2 mark CT-SFT cells that differ from full fine-tuning (†) or from NearZero (‡) on the same rows
 (paired bootstrap, p < 0.05); see `ctsft.report.stats`. Metrics files without per-row
 predictions fall back to mean ± std.
+- mechanism_transfer (`build_mechanism_table`, from `mechanism.json` records): the heads re-scored
+  on the target language by theta_1 and by the CT-SFT model, against the proxy (top-k overlap,
+  Jaccard, hypergeometric p, Spearman's rho; see `ctsft.report.mechanism`).
 
     build_tables(["results/quick/nusax/e5_small/ind-jav/ctsft/k0.05/seed0/metrics.json", ...],
                  "results/quick/tables")
@@ -24,7 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctsft.layout import TABLE_FORGETTING, TABLE_FORMATS, TABLE_OF_TASK
+from ctsft.layout import TABLE_FORGETTING, TABLE_FORMATS, TABLE_MECHANISM, TABLE_OF_TASK
+from ctsft.report.mechanism import COMPARISONS, mechanism_rows, read_mechanism
 from ctsft.report.records import method_sort_key, read_records
 from ctsft.report.stats import accuracy_interval, macro_f1_interval, paired_difference
 
@@ -37,6 +41,12 @@ TITLES = {
     "test split)",
     TABLE_FORGETTING: "Table 3. Forgetting: proxy-language test accuracy (%) before and after transfer; "
     "change = after − before (negative = forgotten), [95% bootstrap interval, paired for the change]",
+    TABLE_MECHANISM: "Mechanism transfer: every head scored again on the target language's "
+    "discovery set by theta_1 (before transfer) and by the CT-SFT model (after), against the "
+    "proxy's scores of the same kind: shared heads of the target top-k and the proxy circuit "
+    "(or the proxy top-k of that kind), their Jaccard index, the hypergeometric p of at least "
+    "that overlap by chance (expected: k²/N heads), and Spearman's rho of all head scores; "
+    "mean ± std over seeds, p the median",
 }
 ALPHA = 0.05
 CI_COLUMNS = ["accuracy_ci_lo", "accuracy_ci_hi", "macro_f1_ci_lo", "macro_f1_ci_hi"]
@@ -335,3 +345,54 @@ def build_tables(
         long, forgetting_display(long), TABLE_FORGETTING, out_dir
     )
     return written
+
+
+# ---------------------------------------------------------------- mechanism transfer
+MECHANISM_KEYS = ["task", "proxy", "target", "variant", "comparison", "reference"]
+MODEL_ON_TARGET = {"theta1_target": "theta_1", "ctsft_target": "CT-SFT"}
+
+
+def mechanism_table(records: Iterable[dict]) -> pd.DataFrame:
+    """The long form: one row per (record, model scored on the target, proxy head set)."""
+    long = pd.DataFrame(mechanism_rows(records))
+    if long.empty:
+        return long
+    order = {name: i for i, name in enumerate(COMPARISONS)}
+    return (
+        long.assign(_c=long["comparison"].map(order), _r=long["reference"] != "circuit")
+        .sort_values(["task", "proxy", "target", "variant", "seed", "_c", "_r"], kind="stable")
+        .drop(columns=["_c", "_r"])
+        .reset_index(drop=True)
+    )
+
+
+def mechanism_display(long: pd.DataFrame) -> pd.DataFrame:
+    """One row per pair, variant, model and proxy set: means over seeds (p: the median)."""
+    columns = ["pair", "variant", "scored by", "vs proxy", "shared of k", "Jaccard",
+               "p (chance)", "Spearman rho", "seeds"]  # fmt: skip
+    rows = []
+    for key, group in long.groupby(MECHANISM_KEYS, sort=False):
+        row = dict(zip(MECHANISM_KEYS, key, strict=True))
+        kind = group["score_kind"].iloc[0]
+        reference = "circuit" if row["reference"] == "circuit" else f"top-k ({kind})"
+        rows.append(
+            [
+                f"{row['proxy']} → {row['target']}",
+                row["variant"],
+                MODEL_ON_TARGET.get(row["comparison"], row["comparison"]),
+                reference,
+                f"{group['overlap'].mean():g} / {int(group['k_heads'].iloc[0])}",
+                _cell(group["jaccard"].mean(), group["jaccard"].std(ddof=1), 1.0, 2),
+                f"{group['p_value'].median():.2g}",
+                _cell(group["spearman_rho"].mean(), group["spearman_rho"].std(ddof=1), 1.0, 2),
+                len(group),
+            ]
+        )  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def build_mechanism_table(record_paths: Iterable[str | Path], out_dir: str | Path) -> list[Path]:
+    """Write the mechanism_transfer table (CSV long, Markdown, LaTeX) from mechanism.json files."""
+    long = mechanism_table(read_mechanism(p) for p in record_paths)
+    display = mechanism_display(long) if not long.empty else pd.DataFrame(columns=["pair"])
+    return write_table(long, display, TABLE_MECHANISM, Path(out_dir))

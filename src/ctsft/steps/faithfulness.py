@@ -12,8 +12,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
+import pandas as pd
+import torch
 from omegaconf import DictConfig
 
 from ctsft.artifacts import read_circuit, read_mu
@@ -24,12 +27,13 @@ from ctsft.circuit.selection import random_head_sets
 from ctsft.cli import run_step
 from ctsft.config import coordinates, require, to_dict
 from ctsft.data import subsample
-from ctsft.io import write_json
+from ctsft.io import read_json, write_json
 from ctsft.provenance import provenance, sha256_file
 from ctsft.runtime import oom_hint
 from ctsft.steps.shared.discovery import (
     CDT_MEMORY_KEYS,
     cdt_engine,
+    cdt_options,
     discovery_set,
     load_proxy_model,
     proxy_pool,
@@ -44,6 +48,39 @@ def timed(fn: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
+
+
+#: the head scores compared with single-head ablation in `score_comparison`
+COMPARED = ("attribution", "directional")
+
+
+def tsv_scores(
+    cfg: DictConfig, table: pd.DataFrame, scores_path: str, mu_path: str
+) -> tuple[str, torch.Tensor, float] | None:
+    """(kind, scores, seconds) of the TSV when score_heads computed one of the COMPARED kinds on
+    this very discovery set (same mu) with the same CD-T options, so it need not run again; None
+    otherwise. `compile` may differ: it fuses the same rules."""
+    sidecar = Path(str(scores_path) + ".json")
+    if not sidecar.is_file():
+        return None
+    record = read_json(sidecar)
+    kind = str(table["score_kind"].iloc[0])
+    options = {k: v for k, v in cdt_options(cfg).__dict__.items() if k != "compile"}
+    recorded = {k: v for k, v in (record.get("options") or {}).items() if k != "compile"}
+    if (
+        kind not in COMPARED
+        or "seconds" not in record
+        or record.get("mu_sha256") != sha256_file(mu_path)
+        or recorded != options
+    ):
+        return None
+    log.info(
+        "%s scores from %s (computed by score_heads in %.1f s)",
+        kind,
+        scores_path,
+        record["seconds"],
+    )
+    return kind, scores_matrix(table), float(record["seconds"])
 
 
 def run(cfg: DictConfig) -> dict:
@@ -73,16 +110,20 @@ def run(cfg: DictConfig) -> dict:
     data = list(batches(model, examples, bs))
     head_batch = int(cfg.cdt.head_batch)
     seconds: dict[str, float] = {}
+    reused = tsv_scores(cfg, table, scores_path, mu_path)
+    computed: dict[str, torch.Tensor] = {}
     with oom_hint(*CDT_MEMORY_KEYS):
         (effects, n_disc), seconds["ablation"] = timed(
             lambda: score_heads(engine, data, mu, "ablation", head_batch)
         )
-        (directional, _), seconds["directional"] = timed(
-            lambda: score_heads(engine, data, mu, "directional", head_batch)
-        )
-        (attribution, _), seconds["attribution"] = timed(
-            lambda: score_heads(engine, data, mu, "attribution", head_batch)
-        )
+        for kind in COMPARED:
+            if reused is not None and reused[0] == kind:
+                computed[kind], seconds[kind] = reused[1], reused[2]
+                continue
+            (computed[kind], _), seconds[kind] = timed(
+                lambda kind=kind: score_heads(engine, data, mu, kind, head_batch)
+            )
+    directional, attribution = computed["directional"], computed["attribution"]
     correlations = {
         "tsv_" + str(table["score_kind"].iloc[0]): spearman(
             scores_matrix(table).numpy(), effects.numpy()
@@ -99,6 +140,8 @@ def run(cfg: DictConfig) -> dict:
         )
     }
     comparison["ablation"] = {"seconds": seconds["ablation"]}
+    if reused is not None:
+        comparison[reused[0]]["from"] = "scores.tsv"  # its time is the score_heads job's
     result = {
         "model": str(cfg.model.name),
         "task": str(cfg.task.name),

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from omegaconf import DictConfig
 
@@ -41,8 +42,10 @@ def run(cfg: DictConfig) -> dict:
     engine = cdt_engine(cfg, model)
     kind = str(cfg.cdt.score)
     data = list(batches(model, examples, int(cfg.cdt.batch_size)))
+    started = time.perf_counter()
     with oom_hint(*CDT_MEMORY_KEYS):
         scores, n = score_heads(engine, data, mu, kind, int(cfg.cdt.head_batch))
+    seconds = time.perf_counter() - started
     table = scores_table(scores, n, kind)
     write_scores(scores_path, table)
     k = resolve_k(cfg.cdt.k, len(table))
@@ -60,6 +63,7 @@ def run(cfg: DictConfig) -> dict:
         model=cfg.model.name,
         score_kind=kind,
         n_examples=n,
+        seconds=seconds,  # the faithfulness report's time of this score (it reuses the TSV)
         mu_sha256=sha256_file(mu_path),
         options=dict(cdt_options(cfg).__dict__),
     )

@@ -21,6 +21,12 @@ def lora_target_modules(hf_model: nn.Module, adapter: Any) -> list[str]:
     out = []
     for layer in adapter.layers():
         for proj in (layer.attn.q, layer.attn.k, layer.attn.v, layer.attn.o):
+            if id(proj) not in names:  # a view into a fused projection (GPT-2's c_attn)
+                raise CtsftError(
+                    f"method lora: {type(hf_model).__name__} has no separate q/k/v/o modules "
+                    "(a fused attention projection): LoRA is not supported for this model "
+                    "family; choose another method"
+                )
             out.append(names[id(proj)])
     return out
 

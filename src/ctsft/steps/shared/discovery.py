@@ -32,6 +32,7 @@ def cdt_options(cfg: DictConfig) -> CDTOptions:
         normalize_rel_irrel=bool(c.normalize_rel_irrel),
         bias_eps=float(c.bias_eps),
         compile=bool(c.compile),
+        path=str(c.path),
     )
 
 
@@ -80,15 +81,19 @@ def model_record(checkpoint: str) -> dict[str, Any]:
     return record
 
 
-def proxy_pool(cfg: DictConfig, split: str) -> Any:
-    return load_split(task_spec(cfg), str(cfg.proxy), split, root=cfg.data.get("root"))
+def proxy_pool(cfg: DictConfig, split: str, lang: str | None = None) -> Any:
+    """`split` of the language `lang` (default: the proxy language)."""
+    lang = str(cfg.proxy) if lang is None else lang
+    return load_split(task_spec(cfg), lang, split, root=cfg.data.get("root"))
 
 
 def discovery_set(
-    cfg: DictConfig, model: Any, meta: dict[str, Any] | None = None
+    cfg: DictConfig, model: Any, meta: dict[str, Any] | None = None, lang: str | None = None
 ) -> tuple[list[dict], dict]:
-    """The discovery examples: the ones recorded in mu's sidecar when given, else drawn afresh."""
-    pool = proxy_pool(cfg, "train")
+    """The discovery examples of `lang` (default: the proxy language): the ones recorded in mu's
+    sidecar when given, else drawn afresh from its training split by the `cdt` rules
+    (n_per_label, correct_only by `model`'s predictions, seed)."""
+    pool = proxy_pool(cfg, "train", lang)
     if meta and "discovery" in meta:
         disc = meta["discovery"]
         idx = [int(i) for i in disc["indices"]]
@@ -99,11 +104,21 @@ def discovery_set(
             )
         return [pool[i] for i in idx], disc
     c = cfg.cdt
+    pool_size = c.get("pool_size")
     idx, info = discovery_indices(
-        model, pool, int(c.n_per_label), int(c.seed), bool(c.correct_only), int(c.batch_size)
+        model,
+        pool,
+        int(c.n_per_label),
+        int(c.seed),
+        bool(c.correct_only),
+        int(c.batch_size),
+        None if pool_size is None else int(pool_size),
     )
     info.update(
         indices=idx, ids=[pool[i]["id"] for i in idx], labels=[int(pool[i]["label"]) for i in idx]
     )
-    log.info("discovery set: %d examples (%s per label)", len(idx), info["n_per_label_used"])
+    log.info(
+        "discovery set of %s: %d examples (%s per label)",
+        lang or cfg.proxy, len(idx), info["n_per_label_used"],
+    )  # fmt: skip
     return [pool[i] for i in idx], info
