@@ -44,7 +44,7 @@ SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NEEDED = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "sinfo", "srun")
 STATUS_POLL_S = 2  # plugin's first poll and the poll after a job finished (default 40)
 MIN_JOB_AGE_S = 600  # squeue shows finished jobs this long: well above any poll interval
-LOCAL_RULES = ("prepare_model", "tables", "figures", "all")
+LOCAL_RULES = ("prepare_model", "tables", "figures", "mechanism_report", "all")
 
 START = time.monotonic()
 
