@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -47,3 +48,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _drop_root_log_handlers_a_test_added():
+    """A step's `logging.basicConfig` binds a handler to the sys.stderr of that moment (a test's
+    capture, closed after it): drop such handlers, so a later test never logs into a closed
+    stream ("--- Logging error ---")."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
