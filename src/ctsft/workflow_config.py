@@ -201,16 +201,22 @@ def method_config(name: str) -> dict[str, Any]:
     return group_config("method", name)
 
 
-def method_facts(method: str, overrides: list[str]) -> tuple[bool, bool]:
-    """(needs a circuit, trains) of `method` with a variant's `method.<key>=<value>` overrides,
-    as the method registry (ctsft.train.methods) declares them."""
-    from ctsft.train.methods import method_needs_circuit, method_trains
-
+def variant_method_config(method: str, overrides: list[str]) -> dict[str, Any]:
+    """`method_config(method)` with a variant's `method.<key>=<value>` overrides applied."""
     config = method_config(method)
     for item in overrides:
         key, _, value = str(item).partition("=")
         if key.lstrip("+").startswith("method."):
             config[key.lstrip("+")[len("method.") :]] = yaml.safe_load(value)
+    return config
+
+
+def method_facts(method: str, overrides: list[str]) -> tuple[bool, bool]:
+    """(needs a circuit, trains) of `method` with a variant's `method.<key>=<value>` overrides,
+    as the method registry (ctsft.train.methods) declares them."""
+    from ctsft.train.methods import method_needs_circuit, method_trains
+
+    config = variant_method_config(method, overrides)
     return method_needs_circuit(config), method_trains(config)
 
 
@@ -220,7 +226,7 @@ def model_names() -> list[str]:
     return sorted(p.stem for p in (config_dir() / "model").glob("*.yaml") if p.stem != "hub")
 
 
-def _override(overrides: list[str], key: str) -> str | None:
+def override_value(overrides: list[str], key: str) -> str | None:
     """The last value given to `key` in Hydra overrides (`key=v`, `+key=v`, `++key=v`)."""
     value = None
     for item in overrides:
@@ -232,7 +238,7 @@ def _override(overrides: list[str], key: str) -> str | None:
 
 def _check_method(spec: dict) -> None:
     name = spec["name"]
-    method = _override(spec.get("overrides", []), "method")
+    method = override_value(spec.get("overrides", []), "method")
     choices = ", ".join(method_names())
     if method is None:
         raise _error(

@@ -1,9 +1,7 @@
 # Targets, input and param functions of the mechanism rules (mechanism.smk, report.smk):
 # the variants that train the circuit heads, their files, the mechanism job's overrides.
-import yaml
-
 from ctsft.layout import FIGURE_MECHANISM, TABLE_MECHANISM
-from ctsft.workflow_config import method_config
+from ctsft.workflow_config import override_value, variant_method_config
 
 
 def trains_circuit_heads(spec):
@@ -11,12 +9,8 @@ def trains_circuit_heads(spec):
     variant's method.* overrides) has kind `heads` and `heads: circuit`, i.e. CT-SFT and its
     relatives, not NearZero or random heads. Decided by kind, as nothing in the workflow names a
     method."""
-    overrides = [str(o).partition("=") for o in spec["overrides"]]
-    names = [value for key, _, value in overrides if key.lstrip("+") == "method"]
-    method = method_config(names[-1])
-    for key, _, value in overrides:
-        if key.lstrip("+").startswith("method."):
-            method[key.lstrip("+")[len("method.") :]] = yaml.safe_load(value)
+    overrides = spec["overrides"]
+    method = variant_method_config(override_value(overrides, "method"), overrides)
     return method.get("kind") == "heads" and method.get("heads", "circuit") == "circuit"
 
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from ctsft.cdt.engine import CDTEngine
 from ctsft.cdt.scores import gold_margin
@@ -58,12 +57,6 @@ def ablation_report(
         "clean_margin": clean_margin / max(n, 1),
         "sets": results,
     }
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Spearman rank correlation (scipy) of two flattened score grids."""
-    rho, p = spearmanr(np.ravel(a), np.ravel(b))
-    return {"rho": float(rho), "p_value": float(p)}
 
 
 def summarize_random(sets: list[dict[str, Any]]) -> dict[str, float]:

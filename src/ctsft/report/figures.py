@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ctsft.layout import FIGURES as FIGURES  # noqa: E402  (re-exported: the figure names)
-from ctsft.report.mechanism import COMPARISONS, read_mechanism  # noqa: E402
+from ctsft.report.mechanism import COMPARISON_LABELS, COMPARISONS, read_mechanism  # noqa: E402
 from ctsft.report.records import method_sort_key, read_records  # noqa: E402
 
 
@@ -162,7 +162,6 @@ def tradeoff(records: pd.DataFrame, out: str | Path) -> Path:
     return _save(fig, out)
 
 
-MECHANISM_TITLES = {"theta1_target": "theta_1", "ctsft_target": "CT-SFT"}
 MECHANISM_PAIRS_PER_ROW = 3
 
 
@@ -198,7 +197,7 @@ def _mechanism_panel(ax, record: dict, table: pd.DataFrame, comparison: str) -> 
         edgecolors="k", label=f"target top-{record['k']}",
     )  # fmt: skip
     ov = result["overlap"]["circuit"]
-    who = MECHANISM_TITLES.get(comparison, comparison)
+    who = COMPARISON_LABELS.get(comparison, comparison)
     ax.set_title(
         f"{g['proxy']} → {g['target']} ({g.get('variant')}): {who}\n"
         f"circuit {ov['overlap']}/{record['k']} in top-k, J={ov['jaccard']:.2f}, "

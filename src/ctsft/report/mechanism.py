@@ -15,21 +15,23 @@ those records back (`read_mechanism`). numpy / scipy only, no torch.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import hypergeom, spearmanr
+from scipy.stats import hypergeom
 
 from ctsft.errors import CtsftError
+from ctsft.report.stats import spearman as spearman  # re-exported: the comparisons' rho
 
 Head = Sequence[int]
 #: Keys every mechanism.json has (the reader checks them).
 RECORD_KEYS = ("grid", "k", "n_heads_total", "score_kind", "comparisons")
 #: The two models scored on the target: theta_1 (before transfer) and the CT-SFT model (after).
 COMPARISONS = ("theta1_target", "ctsft_target")
+#: How the table and the figure name them.
+COMPARISON_LABELS = {"theta1_target": "theta_1", "ctsft_target": "CT-SFT"}
 
 
 def hypergeom_p(overlap: int, n_total: int, n_a: int, n_b: int) -> float:
@@ -51,17 +53,6 @@ def set_overlap(a: Iterable[Head], b: Iterable[Head], n_total: int) -> dict[str,
         "p_value": hypergeom_p(x, n_total, len(sa), len(sb)),
         "shared": sorted([list(h) for h in sa & sb]),
     }
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Spearman's rho (and its p) of two score grids, flattened; NaN when one is constant."""
-    a, b = np.ravel(np.asarray(a, float)), np.ravel(np.asarray(b, float))
-    if a.shape != b.shape:
-        raise CtsftError(f"cannot correlate {a.size} head scores with {b.size}")
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return {"rho": math.nan, "p_value": math.nan}
-    rho, p = spearmanr(a, b)
-    return {"rho": float(rho), "p_value": float(p)}
 
 
 def compare(

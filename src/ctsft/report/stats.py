@@ -10,9 +10,12 @@ metrics files always give the same intervals.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
+
+from ctsft.errors import CtsftError
 
 N_BOOT = 2000
 LEVEL = 0.95
@@ -104,3 +107,17 @@ def paired_difference(
         "ci_hi": hi,
         "p_value": float(min(1.0, p)),
     }
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Spearman's rho (and its p) of two score grids, flattened; NaN when one is constant (the
+    faithfulness report's scores vs ablation, the mechanism comparisons)."""
+    from scipy.stats import spearmanr  # scipy only for this one statistic
+
+    a, b = np.ravel(np.asarray(a, float)), np.ravel(np.asarray(b, float))
+    if a.shape != b.shape:
+        raise CtsftError(f"cannot correlate {a.size} head scores with {b.size}")
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return {"rho": math.nan, "p_value": math.nan}
+    rho, p = spearmanr(a, b)
+    return {"rho": float(rho), "p_value": float(p)}

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from ctsft.layout import TABLE_FORGETTING, TABLE_FORMATS, TABLE_MECHANISM, TABLE_OF_TASK
-from ctsft.report.mechanism import COMPARISONS, mechanism_rows, read_mechanism
+from ctsft.report.mechanism import COMPARISON_LABELS, COMPARISONS, mechanism_rows, read_mechanism
 from ctsft.report.records import method_sort_key, read_records
 from ctsft.report.stats import accuracy_interval, macro_f1_interval, paired_difference
 
@@ -349,7 +349,6 @@ def build_tables(
 
 # ---------------------------------------------------------------- mechanism transfer
 MECHANISM_KEYS = ["task", "proxy", "target", "variant", "comparison", "reference"]
-MODEL_ON_TARGET = {"theta1_target": "theta_1", "ctsft_target": "CT-SFT"}
 
 
 def mechanism_table(records: Iterable[dict]) -> pd.DataFrame:
@@ -379,7 +378,7 @@ def mechanism_display(long: pd.DataFrame) -> pd.DataFrame:
             [
                 f"{row['proxy']} → {row['target']}",
                 row["variant"],
-                MODEL_ON_TARGET.get(row["comparison"], row["comparison"]),
+                COMPARISON_LABELS.get(row["comparison"], row["comparison"]),
                 reference,
                 f"{group['overlap'].mean():g} / {int(group['k_heads'].iloc[0])}",
                 _cell(group["jaccard"].mean(), group["jaccard"].std(ddof=1), 1.0, 2),

@@ -22,13 +22,14 @@ from omegaconf import DictConfig
 from ctsft.artifacts import read_circuit, read_mu
 from ctsft.cdt.baseline import batches
 from ctsft.cdt.scores import read_scores, score_heads, scores_matrix
-from ctsft.circuit.faithfulness import ablation_report, spearman, summarize_random
+from ctsft.circuit.faithfulness import ablation_report, summarize_random
 from ctsft.circuit.selection import random_head_sets
 from ctsft.cli import run_step
 from ctsft.config import coordinates, require, to_dict
 from ctsft.data import subsample
 from ctsft.io import read_json, write_json
 from ctsft.provenance import provenance, sha256_file
+from ctsft.report.stats import spearman
 from ctsft.runtime import oom_hint
 from ctsft.steps.shared.discovery import (
     CDT_MEMORY_KEYS,

@@ -72,12 +72,11 @@ def target_rules(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def score(cfg: DictConfig, model: Any, examples: list[dict], mu: torch.Tensor) -> tuple[Any, int]:
-    """`cdt.score` of every head of `model` on `examples` against `mu` (`[layer, head]`, count).
-
-    The engine is made last: for cdt.precision=bf16 it casts the model, and mu must come first.
-    """
-    engine = cdt_engine(cfg, model)
+def score(
+    cfg: DictConfig, engine: Any, model: Any, examples: list[dict], mu: torch.Tensor
+) -> tuple[Any, int]:
+    """`cdt.score` of every head of `model` (its `engine`) on `examples` against `mu`
+    (`[layer, head]`, count)."""
     data = list(batches(model, examples, int(cfg.cdt.batch_size)))
     with oom_hint(*CDT_MEMORY_KEYS):
         return score_heads(engine, data, mu, str(cfg.cdt.score), int(cfg.cdt.head_batch))
@@ -112,20 +111,23 @@ def run(cfg: DictConfig) -> dict:
         log.warning("target discovery rules differ from the proxy's in %s: %s", differ, rules)
 
     examples, target_info = discovery_set(cfg, theta1, lang=target)
+    # every mu before the model's engine: for cdt.precision=bf16 the engine casts the model
     mu_a = target_mu(cfg, theta1, examples)
+    engine = cdt_engine(cfg, theta1)
     tsv_kind = ",".join(sorted(set(table["score_kind"])))
     source = "scores.tsv" if tsv_kind == kind else "rescored"
     if source == "scores.tsv":
         proxy_scores, n_proxy = scores_matrix(table), int(table["n_examples"].iloc[0])
     else:  # theta_1 on its own (recorded) discovery set, in this step's kind
         proxy_examples, _ = discovery_set(cfg, theta1, meta)
-        proxy_scores, n_proxy = score(cfg, theta1, proxy_examples, mu)
-    theta1_scores, n_a = score(cfg, theta1, examples, mu_a)
-    del theta1
+        proxy_scores, n_proxy = score(cfg, engine, theta1, proxy_examples, mu)
+    theta1_scores, n_a = score(cfg, engine, theta1, examples, mu_a)
+    del theta1, engine
     gc.collect()  # one model at a time on the device
 
     ctsft = load_proxy_model(cfg, ctsft_ckpt)
-    ctsft_scores, n_b = score(cfg, ctsft, examples, target_mu(cfg, ctsft, examples))
+    mu_b = target_mu(cfg, ctsft, examples)
+    ctsft_scores, n_b = score(cfg, cdt_engine(cfg, ctsft), ctsft, examples, mu_b)
     del ctsft
 
     references = {"circuit": circuit["circuit"]}
