@@ -35,7 +35,11 @@ CIRCUIT_KEYS = ("k", "circuit", "near_zero", "random")
 FAITHFULNESS_KEYS = ("k", "clean_accuracy", "clean_margin", "circuit", "near_zero", "random")
 ABLATION_KEYS = ("accuracy", "margin_drop")
 WEIGHTS_FILE = "model.safetensors"
+TASK_MODEL_FILE = "task_model.json"  # a checkpoint's record (kind, task, read-out, training)
 WEIGHTS_INDEX = "model.safetensors.index.json"
+TRAINED_FILE = "trained.safetensors"  # a checkpoint that stores only what it trained
+ADAPTER_FILE = "adapter_model.safetensors"  # a LoRA checkpoint: a PEFT adapter
+ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
 class HeadGeometry(Protocol):
@@ -336,8 +340,6 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
 # -- checkpoints ---------------------------------------------------------------------------------
 def checkpoint_rule(folder: str | Path) -> str:
     """The rule that writes a model folder: the proxy checkpoint, a transfer, or the base model."""
-    from ctsft.models.task_model import TASK_MODEL_FILE
-
     path = Path(folder)
     if path.name == "proxy_checkpoint":
         return "finetune"
@@ -374,11 +376,15 @@ def check_checkpoint(
     kind, or, given `model`, made from another registered model than `model`.
     """
     from ctsft.adapters import MODEL_TYPES
-    from ctsft.models.task_model import TASK_MODEL_FILE
 
     path = Path(folder)
     rule = checkpoint_rule(path)
     what = "model folder"
+    stored = _stored_checkpoint(path, rule)
+    if stored is not None:  # weights stored relative to a base folder: its own checks follow
+        kind = _check_record(path, stored, task, kind, rule)
+        _check_made_from(path, stored, model, rule)
+        return kind
     if not (path / "config.json").is_file():
         raise _error(what, path, "is not a model folder (no config.json)", rule)
     config = _json_object(what + " config", path / "config.json", rule)
@@ -393,38 +399,12 @@ def check_checkpoint(
         weights = [path / name for name in shards]
     else:
         weights = [path / WEIGHTS_FILE]
-    for file in weights:
-        if not file.is_file():
-            raise _error(what, path, f"has no {file.name}", rule)
-        keys, why = _safetensors_keys(file)
-        if keys is None:
-            raise CtsftError(
-                f"cannot load model from {path}: {file.name} is truncated or corrupt ({why}); "
-                f"re-create it: {forcerun(rule)}"
-            )
-        if not keys:
-            raise _error("weights", file, "hold no tensor", rule)
+    _check_weights(path, weights, rule)
     meta: dict[str, Any] | None = None
     meta_path = path / TASK_MODEL_FILE
     if meta_path.is_file():
         meta = _json_object("checkpoint record", meta_path, rule)
-        for key in ("kind", "task"):
-            if key not in meta:
-                raise _error("checkpoint record", meta_path, f"has no {key!r}", rule)
-        if meta["task"] != task:
-            raise CtsftError(
-                f"checkpoint {path} was trained on {meta['task']}, not {task}: set "
-                f"task={meta['task']} or {forcerun(rule)}"
-            )
-        if kind is not None and meta["kind"] != kind:
-            raise _error(
-                "checkpoint",
-                path,
-                f"was saved as a model of kind {meta['kind']}, but model.kind is {kind} "
-                "(another model's checkpoint?)",
-                rule,
-            )
-        kind = str(meta["kind"])
+        kind = _check_record(path, meta, task, kind, rule)
     elif kind is None and (prov := read_model_provenance(path)) is not None:
         kind = prov.get("kind")
     if kind in MODEL_TYPES and model_type not in MODEL_TYPES[kind]:
@@ -437,15 +417,80 @@ def check_checkpoint(
             "folder or model= setting?)",
             rule,
         )
+    _check_made_from(path, meta, model, rule)
+    if kind not in ("encoder", "causal"):
+        raise CtsftError(f"model kind must be 'encoder' or 'causal', got {kind!r}")
+    return kind
+
+
+def _check_weights(path: Path, files: list[Path], rule: str) -> None:
+    """Each weights file present, with a readable safetensors header and at least one tensor."""
+    for file in files:
+        if not file.is_file():
+            raise _error("model folder", path, f"has no {file.name}", rule)
+        keys, why = _safetensors_keys(file)
+        if keys is None:
+            raise CtsftError(
+                f"cannot load model from {path}: {file.name} is truncated or corrupt ({why}); "
+                f"re-create it: {forcerun(rule)}"
+            )
+        if not keys:
+            raise _error("weights", file, "hold no tensor", rule)
+
+
+#: The files of each stored checkpoint format (`format` in task_model.json; see
+#: ctsft.models.checkpoint, their writer and reader).
+STORED_FORMATS = {"trained": (TRAINED_FILE,), "lora": (ADAPTER_FILE, ADAPTER_CONFIG_FILE)}
+
+
+def _stored_checkpoint(path: Path, rule: str) -> dict[str, Any] | None:
+    """The record of a checkpoint that stores only what it trained (a `base` to load first and
+    its own weights checked here), or None for a full model folder."""
+    meta_path = path / TASK_MODEL_FILE
+    if (path / "config.json").is_file() or not meta_path.is_file():
+        return None
+    meta = _json_object("checkpoint record", meta_path, rule)
+    fmt, base = meta.get("format"), meta.get("base")
+    if fmt not in STORED_FORMATS or not isinstance(base, dict) or "path" not in base:
+        raise _error("checkpoint record", meta_path, "names no base model and format", rule)
+    _check_weights(
+        path, [path / n for n in STORED_FORMATS[fmt] if n.endswith(".safetensors")], rule
+    )
+    for name in STORED_FORMATS[fmt]:
+        if not (path / name).is_file():
+            raise _error("checkpoint", path, f"has no {name}", rule)
+    return meta
+
+
+def _check_record(path: Path, meta: dict[str, Any], task: str, kind: str | None, rule: str) -> str:
+    """A checkpoint record against the requested task and kind; returns the recorded kind."""
+    for key in ("kind", "task"):
+        if key not in meta:
+            raise _error("checkpoint record", path / TASK_MODEL_FILE, f"has no {key!r}", rule)
+    if meta["task"] != task:
+        raise CtsftError(
+            f"checkpoint {path} was trained on {meta['task']}, not {task}: set "
+            f"task={meta['task']} or {forcerun(rule)}"
+        )
+    if kind is not None and meta["kind"] != kind:
+        raise _error(
+            "checkpoint",
+            path,
+            f"was saved as a model of kind {meta['kind']}, but model.kind is {kind} "
+            "(another model's checkpoint?)",
+            rule,
+        )
+    return str(meta["kind"])
+
+
+def _check_made_from(path: Path, meta: dict[str, Any] | None, model: str | None, rule: str) -> None:
+    """Given `model`, the registered model the folder was made from must be that one."""
     made_from = _recorded_model(path, meta)
     if model is not None and made_from is not None and made_from != model:
         raise CtsftError(
             f"model folder {path} was made from model {made_from}, not {model}: set "
             f"model={made_from} or {forcerun(rule)}"
         )
-    if kind not in ("encoder", "causal"):
-        raise CtsftError(f"model kind must be 'encoder' or 'causal', got {kind!r}")
-    return kind
 
 
 # -- model records -------------------------------------------------------------------------------
@@ -456,8 +501,6 @@ def read_training_record(folder: str | Path) -> dict[str, Any] | None:
     The one reader of it (evaluation, transfer provenance), so a corrupt record is a one-line
     error naming the rule, not an AttributeError in whichever step read it first.
     """
-    from ctsft.models.task_model import TASK_MODEL_FILE
-
     path = Path(folder) / TASK_MODEL_FILE
     if not path.is_file():
         return None
@@ -484,8 +527,6 @@ def recorded_base_model(folder: str | Path) -> str | None:
     """sha256 of the prepared base model `folder` descends from, as its records say: a
     checkpoint's training record (carried through every fine-tuning), else a prepared model's
     `converted_sha256`; None when the folder does not say."""
-    from ctsft.models.task_model import TASK_MODEL_FILE
-
     if (Path(folder) / TASK_MODEL_FILE).is_file():  # a checkpoint: never its base's provenance
         return (read_training_record(folder) or {}).get("base_model_sha256")
     prov = read_model_provenance(folder)

@@ -24,15 +24,14 @@ from transformers import (
 )
 
 from ctsft.adapters import ArchAdapter, get_adapter
-from ctsft.artifacts import check_checkpoint
+from ctsft.artifacts import TASK_MODEL_FILE, check_checkpoint, checkpoint_rule
 from ctsft.data.tasks import TaskSpec, get_task
 from ctsft.errors import CtsftError
 from ctsft.io import atomic_path
+from ctsft.models.checkpoint import FULL, StoredWeights, apply_stored, resolve_base, stored_record
 from ctsft.runtime import CPU, Runtime
 
 log = logging.getLogger(__name__)
-
-TASK_MODEL_FILE = "task_model.json"
 
 
 def label_token_ids(tokenizer: Any, label_words: tuple[str, ...]) -> list[int]:
@@ -162,20 +161,30 @@ class TaskModel(nn.Module):
         )
 
     # -- persistence -----------------------------------------------------------------------
-    def save(self, out_dir: str | Path, extra: dict[str, Any] | None = None) -> None:
-        """Write a complete, reloadable checkpoint folder atomically (safetensors + tokenizer + head)."""
+    def save(
+        self,
+        out_dir: str | Path,
+        extra: dict[str, Any] | None = None,
+        stored: StoredWeights | None = None,
+    ) -> None:
+        """Write a checkpoint folder atomically: the whole model (safetensors + tokenizer + head),
+        or, given `stored`, only what was trained, relative to its base (`ctsft.models.checkpoint`)."""
         with atomic_path(out_dir) as tmp:
             tmp.mkdir(parents=True)
-            self.hf.save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
-            meta = {
+            meta: dict[str, Any] = {
                 "kind": self.kind,
                 "task": self.task.name,
                 "label_words": list(self.task.label_words),
                 "prompt": self.task.prompt,
                 "max_length": self.max_length,
-                **(extra or {}),
             }
+            if stored is None:
+                self.hf.save_pretrained(tmp, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
+                meta["format"] = FULL
+            else:
+                meta.update(stored.write(self.hf, tmp, Path(out_dir)))
+            meta.update(extra or {})
             (tmp / TASK_MODEL_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
@@ -208,21 +217,28 @@ def load_task_model(
     folder = Path(model_dir)
     spec = get_task(task) if isinstance(task, str) else task
     kind = check_checkpoint(folder, spec.name, kind, model_name)  # one line per broken folder
+    record = stored_record(folder)  # None: the folder holds the whole model
+    source = folder
+    if record is not None:  # only what was trained: load its base first, checked the same way
+        source = resolve_base(folder, record["base"], checkpoint_rule(folder))
+        check_checkpoint(source, spec.name, kind, model_name)
     torch.manual_seed(seed)
     try:
         if kind == "encoder":
             hf = AutoModelForSequenceClassification.from_pretrained(
-                folder, num_labels=len(spec.label_names), attn_implementation=attn_implementation
+                source, num_labels=len(spec.label_names), attn_implementation=attn_implementation
             )
         else:
             hf = AutoModelForCausalLM.from_pretrained(
-                folder, attn_implementation=attn_implementation, dtype=torch.float32
+                source, attn_implementation=attn_implementation, dtype=torch.float32
             )
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise CtsftError(
-            f"cannot load model from {folder} ({type(err).__name__}): re-create it"
+            f"cannot load model from {source} ({type(err).__name__}): re-create it"
         ) from err
-    tokenizer = load_tokenizer(folder)
+    if record is not None:
+        apply_stored(hf, folder, str(record["format"]), checkpoint_rule(folder))
+    tokenizer = load_tokenizer(source)
     hf.to(runtime.device)
     log.info("loaded %s (%s) in %.1f s", folder, kind, time.monotonic() - started)
     return TaskModel(hf, tokenizer, spec, kind, max_length=max_length, runtime=runtime)

@@ -25,6 +25,7 @@ from ctsft.errors import CtsftError
 from ctsft.evaluate import EVAL_SEED, classification_metrics, forgetting, predict
 from ctsft.io import write_json
 from ctsft.models import load_task_model
+from ctsft.models.checkpoint import own_weights
 from ctsft.models.task_model import TASK_MODEL_FILE
 from ctsft.provenance import provenance, sha256_file
 from ctsft.runtime import oom_hint, runtime_from_cfg
@@ -97,7 +98,7 @@ def run(cfg: DictConfig) -> dict:
     prov = provenance(
         config=to_dict(cfg),
         checkpoint=str(checkpoint),
-        checkpoint_sha256=sha256_file(Path(checkpoint) / "model.safetensors"),
+        checkpoint_sha256=sha256_file(own_weights(checkpoint)),
         base_model_sha256=training.get("base_model_sha256"),
         training_method=training.get("method"),
         training_seed=training.get("seed"),

@@ -30,7 +30,13 @@ def run(cfg: DictConfig) -> dict:
     needs = method_needs_circuit(cfg.method)
     circuit = require(cfg, "circuit")[0] if needs else cfg.io.get("circuit")
     record = run_training(
-        cfg, proxy_checkpoint, checkpoint, cfg.method, str(cfg.target), circuit_path=circuit
+        cfg,
+        proxy_checkpoint,
+        checkpoint,
+        cfg.method,
+        str(cfg.target),
+        circuit_path=circuit,
+        store_trained_only=True,  # theta_1 stays whole: the transfer stores what it trained
     )
     log.info(
         "%s checkpoint %s: %d steps, final loss %.4f",

@@ -35,9 +35,10 @@ from transformers import get_scheduler
 from ctsft.config_files import group_config
 from ctsft.errors import CtsftError
 from ctsft.io import atomic_path
+from ctsft.models.checkpoint import StoredWeights, merge_lora
 from ctsft.models.task_model import TaskModel
 from ctsft.tracking import start_run
-from ctsft.train.lora import inject_lora, merge_lora
+from ctsft.train.lora import inject_lora
 from ctsft.train.masking import MaskedModel
 from ctsft.train.methods import TrainablePlan
 
@@ -285,9 +286,10 @@ class Trainer:
         self.scaler = model.runtime.grad_scaler()
         self.trainable_count = plan.trainable
         self.masked: MaskedModel | None = None
+        self.lora_config: Any = None  # the injected LoRA's config (its adapter_config.json)
         # What to set up follows from the plan's facts, never from its method's name.
         if plan.lora_rank is not None:
-            inject_lora(
+            self.lora_config = inject_lora(
                 model.hf,
                 plan.lora_modules,
                 plan.lora_rank,
@@ -533,9 +535,24 @@ class Trainer:
             self.masked.merge()
             self.masked = None
         elif self.plan.lora_rank is not None:
-            merge_lora(self.model.hf)
+            merge_lora(self.model.hf)  # the adapter was saved before (train_to_checkpoint)
         for param in self.model.hf.parameters():
             param.requires_grad_(True)
+
+
+def stored_weights(
+    plan: TrainablePlan, hf_model: nn.Module, base_dir: Path, lora_config: Any = None
+) -> StoredWeights | None:
+    """What a checkpoint of `plan` stores relative to `base_dir`: the LoRA adapter, or the
+    plan's whole tensors, spans and entries; None when the plan trains every parameter."""
+    if lora_config is not None:
+        return StoredWeights(base_dir, lora_config=lora_config)
+    spans = [(e.name, e.dim, e.start, e.stop) for e in plan.entries]
+    scatter = [(s.name, s.indices) for s in plan.scatter.entries] if plan.scatter else []
+    whole = {name for name, dim, _, _ in spans if dim is None}
+    if not scatter and whole == {name for name, _ in hf_model.named_parameters()}:
+        return None
+    return StoredWeights(base_dir, spans=spans, scatter=scatter)
 
 
 def resume_dir_for(checkpoint: str | Path) -> Path:
@@ -556,8 +573,13 @@ def train_to_checkpoint(
     log_path: str | Path | None = None,
     wandb_cfg: dict[str, Any] | None = None,
     progress: bool = True,
+    base_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train `model` with `plan` and write `checkpoint` atomically; returns the training record.
+
+    Given `base_dir` (the folder `model` was loaded from), the checkpoint stores only what the
+    plan trained and references `base_dir` by path and sha256 (`stored_weights`); without it,
+    or when the plan trains every parameter, it is the whole model.
 
     The record (stored as `training` in the checkpoint's task_model.json) holds the method, the
     trainable/total counts and percentage, the declared entries, steps, final loss and `record`
@@ -593,9 +615,16 @@ def train_to_checkpoint(
                 "total": plan.total,
             },
         )
-        trainer.finish()
         training = {**plan.to_dict(), **summary, **record}
-        model.save(checkpoint, extra={"training": training})
+        stored = None
+        if base_dir is not None:  # store only what was trained, relative to base_dir
+            stored = stored_weights(plan, model.hf, Path(base_dir), trainer.lora_config)
+        if stored is not None and stored.lora_config is not None:
+            model.save(checkpoint, extra={"training": training}, stored=stored)  # the adapter
+            trainer.finish()
+        else:
+            trainer.finish()  # spans and entries merged first: their values are what is stored
+            model.save(checkpoint, extra={"training": training}, stored=stored)
         run_log.write(
             {"event": "done", "step": summary["steps"], "final_loss": summary["final_loss"]}
         )

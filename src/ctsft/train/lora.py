@@ -1,9 +1,10 @@
-"""PEFT LoRA on the attention projections, injected in place and merged back before saving.
+"""PEFT LoRA on the attention projections, injected in place.
 
 `inject_adapter_in_model` keeps the module tree of the Hugging Face model (unlike `PeftModel`,
 whose `.model` attribute would shadow the causal LM's backbone), so `TaskModel.forward` runs
-unchanged; `merge_lora` folds B @ A into the base weights and removes the LoRA layers, so the saved
-checkpoint is a plain model that loads without PEFT.
+unchanged. A transfer is saved as a PEFT adapter folder (`ctsft.models.checkpoint.save_adapter`,
+loadable by `peft.PeftModel.from_pretrained`), and `merge_lora` (there too, as loading merges it)
+folds B @ A into the base weights once training is done.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ def choose_rank(hf_model: nn.Module, modules: list[str], target: int, max_rank: 
 
 def inject_lora(
     hf_model: nn.Module, modules: list[str], rank: int, alpha_over_rank: float, dropout: float
-) -> None:
-    """Add LoRA layers in place; only their A/B matrices stay trainable."""
+) -> Any:
+    """Add LoRA layers in place; only their A/B matrices stay trainable. Returns the
+    `LoraConfig` (the adapter folder's `adapter_config.json`)."""
     from peft import LoraConfig, inject_adapter_in_model
 
     if rank < 1:
@@ -65,15 +67,4 @@ def inject_lora(
     inject_adapter_in_model(config, hf_model)
     for name, param in hf_model.named_parameters():
         param.requires_grad_("lora_" in name)
-
-
-def merge_lora(hf_model: nn.Module) -> None:
-    """Fold every LoRA update into its base weight and put the plain `nn.Linear` back."""
-    from peft.tuners.lora import LoraLayer
-
-    for name, module in list(hf_model.named_modules()):
-        if isinstance(module, LoraLayer):
-            module.merge()
-            parent_name, _, attr = name.rpartition(".")
-            parent = hf_model.get_submodule(parent_name) if parent_name else hf_model
-            setattr(parent, attr, module.get_base_layer())
+    return config

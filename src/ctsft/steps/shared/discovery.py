@@ -16,6 +16,7 @@ from ctsft.config import task_spec
 from ctsft.data import load_split
 from ctsft.errors import CtsftError
 from ctsft.models import load_task_model
+from ctsft.models.checkpoint import own_weights
 from ctsft.provenance import sha256_file
 from ctsft.runtime import PRECISIONS, runtime_from_cfg, set_tf32
 
@@ -72,7 +73,7 @@ def model_record(checkpoint: str) -> dict[str, Any]:
     """sha256 of the checkpoint's weights and its own provenance record (if any)."""
     folder = Path(checkpoint)
     record: dict[str, Any] = {"path": str(folder)}
-    weights = folder / "model.safetensors"
+    weights = own_weights(folder)
     if weights.is_file():
         record["model_sha256"] = sha256_file(weights)
     prov = read_model_provenance(folder)

@@ -54,8 +54,10 @@ def run_training(
     lang: str,
     circuit_path: str | None = None,
     progress: bool = True,
+    store_trained_only: bool = False,
 ) -> dict[str, Any]:
-    """Train `method_cfg` on `lang`'s train split starting from `init_dir`; write `checkpoint`."""
+    """Train `method_cfg` on `lang`'s train split starting from `init_dir`; write `checkpoint`
+    (with `store_trained_only`, only what the method trained, relative to `init_dir`)."""
     model = load_start_model(cfg, init_dir)
     circuit = load_circuit(circuit_path) if circuit_path else None
     plan = build_plan(
@@ -92,4 +94,5 @@ def run_training(
             log_path=cfg.io.get("log"),
             wandb_cfg=wandb_cfg,
             progress=progress,
+            base_dir=init_dir if store_trained_only else None,
         )
