@@ -203,3 +203,27 @@ def test_e5_small_lean_checkpoints_are_bit_identical(
         _assert_same_tensors(lean.hf, whole.hf)
         size = (tmp_path / method / "lean" / TRAINED_FILE).stat().st_size
         assert size < 0.25 * (tmp_path / method / "whole" / WEIGHTS_FILE).stat().st_size
+
+
+def test_a_base_without_a_classifier_head_gets_it_stored(
+    tiny_model_dirs: dict[str, Path], rows: list[dict], tmp_path: Path
+) -> None:
+    """A bare encoder (no head, as prepare_model writes e5-small): the head the transfer
+    initialised from its seed is not in the base, so the checkpoint must store it."""
+    import shutil
+
+    from transformers import AutoModel
+
+    bare = tmp_path / "bare"
+    AutoModel.from_pretrained(tiny_model_dirs["tiny_bert"]).save_pretrained(bare)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_model_dirs["tiny_bert"] / name).is_file():
+            shutil.copy(tiny_model_dirs["tiny_bert"] / name, bare / name)
+    for lean, out in ((False, "whole"), (True, "lean")):
+        model = load_task_model(bare, "nusax", kind="encoder", max_length=16, seed=5)
+        assert {"classifier.weight", "classifier.bias"} <= set(model.fresh_parameters)
+        plan = build_plan(model.hf, model.adapter, SUBSET_METHODS["ctsft"], CIRCUIT)
+        train_to_checkpoint(model, plan, STEPS, rows, tmp_path / out, seed=0, progress=False, base_dir=bare if lean else None)  # fmt: skip
+    whole = load_task_model(tmp_path / "whole", "nusax", max_length=16)
+    loaded = load_task_model(tmp_path / "lean", "nusax", max_length=16)  # seed 0, not 5
+    _assert_same_tensors(loaded.hf, whole.hf)

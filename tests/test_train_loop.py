@@ -15,6 +15,7 @@ from ctsft.config import compose
 from ctsft.data import load_split
 from ctsft.errors import CtsftError
 from ctsft.models import load_task_model
+from ctsft.models.checkpoint import own_weights
 from ctsft.steps import evaluate as evaluate_step
 from ctsft.steps import finetune as finetune_step
 from ctsft.steps import transfer as transfer_step
@@ -71,7 +72,7 @@ def test_transfer_and_evaluate_are_deterministic(
         cfg = compose(overrides)
         record = transfer_step.run(cfg)
         evaluate_step.run(cfg)
-        runs.append((_without_timings(metrics), load_file(ckpt / "model.safetensors")))
+        runs.append((_without_timings(metrics), load_file(own_weights(ckpt))))
     assert runs[0][0] == runs[1][0]
     assert runs[0][1].keys() == runs[1][1].keys()
     assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])

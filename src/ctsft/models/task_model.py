@@ -94,6 +94,7 @@ class TaskModel(nn.Module):
         self.kind = kind
         self.max_length = max_length
         self.adapter: ArchAdapter = get_adapter(hf_model)
+        self.fresh_parameters: tuple[str, ...] = ()  # set by load_task_model
         if kind == "causal":
             self.label_ids = label_token_ids(tokenizer, task.label_words)
             if tokenizer.pad_token_id is None:
@@ -225,12 +226,18 @@ def load_task_model(
     torch.manual_seed(seed)
     try:
         if kind == "encoder":
-            hf = AutoModelForSequenceClassification.from_pretrained(
-                source, num_labels=len(spec.label_names), attn_implementation=attn_implementation
+            hf, info = AutoModelForSequenceClassification.from_pretrained(
+                source,
+                num_labels=len(spec.label_names),
+                attn_implementation=attn_implementation,
+                output_loading_info=True,
             )
         else:
-            hf = AutoModelForCausalLM.from_pretrained(
-                source, attn_implementation=attn_implementation, dtype=torch.float32
+            hf, info = AutoModelForCausalLM.from_pretrained(
+                source,
+                attn_implementation=attn_implementation,
+                dtype=torch.float32,
+                output_loading_info=True,
             )
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise CtsftError(
@@ -241,4 +248,9 @@ def load_task_model(
     tokenizer = load_tokenizer(source)
     hf.to(runtime.device)
     log.info("loaded %s (%s) in %.1f s", folder, kind, time.monotonic() - started)
-    return TaskModel(hf, tokenizer, spec, kind, max_length=max_length, runtime=runtime)
+    model = TaskModel(hf, tokenizer, spec, kind, max_length=max_length, runtime=runtime)
+    names = {name for name, _ in hf.named_parameters()}
+    # initialised from `seed`, not read from the folder (a base model's new classifier head):
+    # a checkpoint relative to this folder must store them even where its method froze them
+    model.fresh_parameters = () if record else tuple(sorted(names & set(info["missing_keys"])))
+    return model
