@@ -101,7 +101,9 @@ def test_paper_grid_plans_every_job():
     pairs = 2 * (NUSAX_LANGS - 1) + (XNLI_LANGS - 1)  # ind and eng -> NusaX, en -> XNLI
     seeds, ks = 4, 1
     trained = 1 + 4 * ks  # full_ft + (ctsft, near_zero, random_heads, lora) per k
-    assert counts["transfer"] == pairs * trained * seeds == 720
+    # full_ft's checkpoints are temporary in the paper grid (keep_full_checkpoints: false)
+    assert counts["transfer_temp"] == pairs * seeds == 144
+    assert counts["transfer"] + counts["transfer_temp"] == pairs * trained * seeds == 720
     assert counts["evaluate"] == pairs * (trained * seeds + 1) == 756  # + zero-shot once
     for rule in ("finetune", "evaluate_proxy", "mean_baseline", "score_heads"):
         assert counts[rule] == 3, rule  # one per (task, proxy)
@@ -368,3 +370,21 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
     # ... and the original config sees the hole and plans to rebuild it
     counts = plan(*tiny_args(results))
     assert counts.get("transfer") == 1
+
+
+@pytest.mark.slow
+def test_full_checkpoints_are_temporary_on_request(tmp_path):
+    """keep_full_checkpoints: false: full_ft's checkpoint is deleted once evaluated, CT-SFT's
+    lean one stays (a few KB beside theta_1)."""
+    results = tmp_path / "results"
+    run = results / "nusax/tiny_bert/ind-jav"
+    metrics = [run / f"{v}/seed0/metrics.json" for v in ("full_ft", "ctsft/k2")]
+    snakemake(
+        "--cores", "2", *map(str, metrics), *tiny_args(results), "keep_full_checkpoints=false"
+    )
+    assert all(m.is_file() for m in metrics)
+    assert not (run / "full_ft/seed0/checkpoint").exists()
+    lean = run / "ctsft/k2/seed0/checkpoint"
+    stored = sorted(p.name for p in lean.iterdir() if not p.name.startswith("."))
+    assert stored == ["task_model.json", "trained.safetensors"]
+    assert (results / "nusax/tiny_bert/ind/proxy_checkpoint/model.safetensors").is_file()

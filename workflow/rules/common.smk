@@ -21,8 +21,10 @@ from ctsft.workflow_config import (
     check_config,
     hydra_quote,
     model_slug,
+    override_value,
     resolve_data_root,
     step_overrides,
+    variant_method_config,
 )
 
 R = config["results_dir"].rstrip("/")
@@ -83,6 +85,25 @@ VARIANTS = {variant: (name, k) for variant, name, k in variants()}
 TRANSFER_VARIANTS = [
     v for v, (name, _) in VARIANTS.items() if METHODS[name].get("transfer", True)
 ]
+
+
+def trains_every_parameter(spec):
+    """Whether a method variant is of kind `all` (continued full fine-tuning): its checkpoint is
+    the large one, which `keep_full_checkpoints: false` makes temporary."""
+    overrides = spec["overrides"]
+    method = variant_method_config(override_value(overrides, "method"), overrides)
+    return method.get("kind") == "all"
+
+
+# With keep_full_checkpoints false, full fine-tuning's variants go to `transfer_temp`, whose
+# checkpoint Snakemake deletes once its evaluation (and mechanism) jobs are done.
+TEMP_VARIANTS = [
+    v
+    for v in TRANSFER_VARIANTS
+    if not config.get("keep_full_checkpoints", True)
+    and trains_every_parameter(METHODS[VARIANTS[v][0]])
+]
+KEPT_VARIANTS = [v for v in TRANSFER_VARIANTS if v not in TEMP_VARIANTS]
 
 
 def split_variant(variant):

@@ -9,7 +9,7 @@ rule transfer:
     benchmark:
         benchfile("transfer", RUN)
     wildcard_constraints:
-        variant=_alternatives(TRANSFER_VARIANTS),
+        variant=_alternatives(KEPT_VARIANTS) or "(?!)",
     conda:
         "../envs/ctsft.yaml"
     threads: config["threads"]
@@ -22,3 +22,10 @@ rule transfer:
         overrides=overrides_transfer,
     script:
         "../scripts/run_step.py"
+
+
+use rule transfer as transfer_temp with:
+    output:
+        checkpoint=temp(directory(at("checkpoint"))),
+    wildcard_constraints:
+        variant=_alternatives(TEMP_VARIANTS) or "(?!)",
