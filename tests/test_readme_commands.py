@@ -161,7 +161,9 @@ def test_snakemake_command_dry_runs(where, tokens, tmp_path):
 
 
 # ---------------------------------------------------------------- python -m entry points
-PYTHON = [(w, t) for w, t in COMMANDS if _program(t[0]).startswith("python")]
+PYTHON_ALL = [(w, t) for w, t in COMMANDS if _program(t[0]).startswith("python")]
+EXPORT = [(w, t) for w, t in PYTHON_ALL if t[1:3] == ["-m", "ctsft.export"]]
+PYTHON = [c for c in PYTHON_ALL if c not in EXPORT]
 
 
 def run_module(module: str, argv: list[str], capsys) -> str:
@@ -194,8 +196,26 @@ def test_python_entry_point_has_help_and_composes(where, tokens, capsys):
     assert yaml.safe_load(out)["model"]["name"], out
 
 
+@pytest.mark.parametrize("where, tokens", EXPORT, ids=[w for w, _ in EXPORT])
+def test_export_command_dry_runs_on_a_lean_checkpoint(where, tokens, tiny_thetas, tmp_path, capsys):
+    """The README's export, dry-run on a tiny CT-SFT checkpoint standing in for its path."""
+    from test_export import lean_checkpoint
+
+    from ctsft.data import load_split
+    from ctsft.export import main
+
+    out = run_module("ctsft.export", ["--help"], capsys)
+    assert out.startswith("usage: python -m ctsft.export"), out
+    checkpoint, rest = tokens[3], tokens[4:]
+    assert checkpoint.endswith("/checkpoint"), f"{where}: export a transfer's checkpoint folder"
+    rows = load_split("nusax", "ind", "train").to_list()[:8]
+    lean = lean_checkpoint(tiny_thetas["tiny_bert"], "ctsft", rows, tmp_path / "checkpoint")
+    assert main([str(lean), *rest, "--dry-run"]) == 0
+    assert "parameters (" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- make, pytest, pip
-OTHERS = [(w, t) for w, t in COMMANDS if (w, t) not in SNAKEMAKE and (w, t) not in PYTHON]
+OTHERS = [(w, t) for w, t in COMMANDS if (w, t) not in SNAKEMAKE and (w, t) not in PYTHON_ALL]
 
 
 PYPROJECT = (REPO / "pyproject.toml").read_text()

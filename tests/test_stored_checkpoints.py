@@ -50,15 +50,8 @@ def rows() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def thetas(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    """theta_1 of every tiny family: a whole checkpoint folder with its own classifier head."""
-    root = tmp_path_factory.mktemp("theta_1")
-    out = {}
-    for arch in ARCHES:
-        model = load_task_model(tiny_model_dirs[arch], "nusax", max_length=16, seed=7)
-        model.save(root / arch, extra={"training": {"method": "full_ft"}})
-        out[arch] = root / arch
-    return out
+def thetas(tiny_thetas: dict[str, Path]) -> dict[str, Path]:
+    return tiny_thetas
 
 
 def _train(theta: Path, method: object, rows: list[dict], out: Path, lean: bool) -> TaskModel:
