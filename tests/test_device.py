@@ -155,6 +155,9 @@ def test_bf16_mean_baseline_scores_and_ablation_are_close_to_fp32(
                 if param.dim() == 2 and "embeddings" not in name:
                     param.mul_(25)
     mu32 = mean_baseline(m32, rows, "all", 4)
+    # mu is taken in the CD-T precision, not the runtime's: fp32 here despite the bf16 runtime
+    assert torch.equal(mean_baseline(m16, rows, "all", 4), mu32)
+    m16.hf.to(torch.bfloat16)  # what cdt.precision=bf16 does (steps.shared.discovery.cdt_precision)
     mu16 = mean_baseline(m16, rows, "all", 4)
     assert mu16.dtype == torch.float32 and mu16.device.type == "cpu"
     assert not torch.equal(mu16, mu32)
@@ -168,9 +171,6 @@ def test_bf16_mean_baseline_scores_and_ablation_are_close_to_fp32(
     s32, _ = score_heads(e32, data, mu32, "directional", head_batch=4, progress=False)
     a32, _ = score_heads(e32, data, mu32, "ablation", head_batch=4, progress=False)
 
-    m16.hf.to(
-        torch.bfloat16
-    )  # what cdt.precision=bf16 does (ctsft.steps.shared.discovery.cdt_engine)
     e16 = CDTEngine.from_task_model(m16)
     s16, _ = score_heads(e16, data, mu32, "directional", head_batch=4, progress=False)
     a16, _ = score_heads(e16, data, mu32, "ablation", head_batch=4, progress=False)
@@ -202,3 +202,32 @@ def test_checkpoint_and_mu_are_cpu_tensors(tiny_model_dirs: dict[str, Path], row
     model = load_task_model(tiny_model_dirs["tiny_bert"], "nusax", max_length=16)
     mu = mean_baseline(model.eval(), rows[:6], "position", 3)
     assert mu.device.type == "cpu" and mu.is_contiguous() and np.isfinite(mu.numpy()).all()
+
+
+@pytest.mark.parametrize("arch", ["tiny_bert", "tiny_llama"])
+def test_mu_of_a_bf16_runtime_gives_an_fp32_source_equal_to_it_a_zero_beta(
+    tiny_model_dirs: dict[str, Path], rows: list[dict], arch: str
+) -> None:
+    """A GPU runs steps under bf16 autocast, CD-T decomposes in fp32: mu must be taken in fp32
+    too, or every source carries a rounding offset. One example, per-position mu: mu *is* its
+    activation, so the relevant part of a first-layer head, and its beta logits, are exactly 0.
+    Deeper heads see the engine's own fp32 arithmetic of the layers below (not the Hugging Face
+    forward's): their beta is fp32 rounding, ~1e-7, where a bf16 mu leaves ~1e-2."""
+    bf16 = Runtime(torch.device("cpu"), "bf16")
+    model = load_task_model(tiny_model_dirs[arch], "nusax", max_length=16, runtime=bf16).eval()
+    with torch.no_grad():  # random init makes every head negligible: scale the weights up
+        for name, param in model.hf.named_parameters():
+            if param.dim() == 2 and "embed" not in name:
+                param.mul_(25)
+    batch = next(iter(batches(model, rows[:1], 1)))
+    engine = CDTEngine.from_task_model(model)
+    first = [[(0, head)] for head in range(4)]
+    deeper = [[(1, head)] for head in range(4)]
+    mu = mean_baseline(model, rows[:1], "position", 1)
+    assert torch.count_nonzero(engine.decompose(batch, first, mu).beta) == 0
+    offset = float(engine.decompose(batch, deeper, mu).beta.abs().max())
+    assert offset <= 1e-5 * float(engine.decompose(batch, deeper, mu).logits.abs().max())
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the runtime's autocast gave
+        old = mean_baseline(model, rows[:1], "position", 1)
+    assert torch.count_nonzero(engine.decompose(batch, first, old).beta) > 0
+    assert float(engine.decompose(batch, deeper, old).beta.abs().max()) > 100 * offset

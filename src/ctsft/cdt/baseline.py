@@ -100,7 +100,8 @@ def mean_baseline(
     pooling: Pooling = "all",
     batch_size: int = 16,
 ) -> torch.Tensor:
-    """mu per head `[layer, head, d_head]` (or `[layer, pos, head, d_head]` for `position`).
+    """mu per head `[layer, head, d_head]` (or `[layer, pos, head, d_head]` for `position`),
+    from forwards in the model's own dtype (never the runtime's autocast: see `cdt_precision`).
 
     `all`: each example's mean over its non-padding tokens, then the mean over examples (each
     example weighs the same, so label balance survives uneven lengths); `first`: position 0;
@@ -128,7 +129,9 @@ def mean_baseline(
     count = 0
     for batch in batches(task_model, examples, batch_size):
         mask = batch["attention_mask"].to(torch.float64)  # [B, T]
-        with adapter.capture_head_outputs() as store, task_model.autocast():
+        # no runtime autocast: mu is taken in the precision CD-T decomposes in (the model's own
+        # dtype, cast by the step for cdt.precision), so a source equal to mu has beta exactly 0
+        with adapter.capture_head_outputs() as store:
             task_model(**batch)
         z = torch.stack([store[i] for i in range(geo.n_layers)]).to(
             torch.float64

@@ -15,7 +15,12 @@ from ctsft.config import require, to_dict
 from ctsft.data import data_checksum
 from ctsft.provenance import provenance
 from ctsft.runtime import oom_hint
-from ctsft.steps.shared.discovery import discovery_set, load_proxy_model, model_record
+from ctsft.steps.shared.discovery import (
+    cdt_precision,
+    discovery_set,
+    load_proxy_model,
+    model_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,7 @@ def run(cfg: DictConfig) -> dict:
     checkpoint, mu_path = require(cfg, "proxy_checkpoint", "mu")
     model = load_proxy_model(cfg, checkpoint)
     examples, discovery = discovery_set(cfg, model)
+    cdt_precision(cfg, model)  # mu in the precision the CD-T steps decompose in
     with oom_hint("cdt.batch_size"):
         mu = mean_baseline(model, examples, str(cfg.cdt.pooling), int(cfg.cdt.batch_size))
     record = provenance(

@@ -51,9 +51,10 @@ def load_proxy_model(cfg: DictConfig, checkpoint: str) -> Any:
     return model.eval()
 
 
-def cdt_engine(cfg: DictConfig, model: Any) -> CDTEngine:
-    """The CD-T engine of `model` in `cdt.precision` (the model is cast for bf16), TF32 per
-    `cdt.tf32`. fp32 without TF32 keeps beta + gamma equal to the logits to ~1e-5."""
+def cdt_precision(cfg: DictConfig, model: Any) -> Any:
+    """`model` in `cdt.precision` (cast for bf16), TF32 per `cdt.tf32`: the precision of every
+    CD-T forward, the mean baseline's included (a mu taken under the runtime's bf16 autocast
+    would give every source of an fp32 decomposition a rounding offset beta != 0)."""
     precision = str(cfg.cdt.get("precision", "fp32"))
     if precision not in CDT_PRECISIONS:
         raise CtsftError(
@@ -62,7 +63,13 @@ def cdt_engine(cfg: DictConfig, model: Any) -> CDTEngine:
     set_tf32(bool(cfg.cdt.get("tf32", False)))
     if precision != "fp32":
         model.hf.to(PRECISIONS[precision])
-    return CDTEngine.from_task_model(model, cdt_options(cfg))
+    return model
+
+
+def cdt_engine(cfg: DictConfig, model: Any) -> CDTEngine:
+    """The CD-T engine of `model` in `cdt.precision`. fp32 without TF32 keeps beta + gamma equal
+    to the logits to ~1e-5."""
+    return CDTEngine.from_task_model(cdt_precision(cfg, model), cdt_options(cfg))
 
 
 # what each CD-T step may run out of memory on, for the one-line message
