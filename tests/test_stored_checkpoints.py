@@ -220,3 +220,25 @@ def test_a_base_without_a_classifier_head_gets_it_stored(
     whole = load_task_model(tmp_path / "whole", "nusax", max_length=16)
     loaded = load_task_model(tmp_path / "lean", "nusax", max_length=16)  # seed 0, not 5
     _assert_same_tensors(loaded.hf, whole.hf)
+
+
+def test_an_unchanged_theta_1_is_not_hashed_again_and_a_rewritten_one_is(
+    thetas: dict[str, Path], rows: list[dict], tmp_path: Path, monkeypatch
+) -> None:
+    import os
+
+    from ctsft.models import checkpoint
+
+    theta = tmp_path / "theta"
+    load_task_model(thetas["tiny_bert"], "nusax", max_length=16).save(theta)
+    _train(theta, SUBSET_METHODS["ctsft"], rows, tmp_path / "lean", lean=True)
+    hashed = []
+    real = checkpoint.sha256_file
+    monkeypatch.setattr(checkpoint, "sha256_file", lambda p: hashed.append(p) or real(p))
+    load_task_model(tmp_path / "lean", "nusax", max_length=16)
+    assert hashed == []  # same size and mtime: the recorded sha256 stands
+    weights = theta / WEIGHTS_FILE
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, new mtime
+    load_task_model(tmp_path / "lean", "nusax", max_length=16)
+    assert hashed == [weights.resolve()]  # hashed, and accepted: the content is the same

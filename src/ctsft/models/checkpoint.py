@@ -69,22 +69,30 @@ def own_weights(folder: str | Path) -> Path:
     return weights_file(folder, str(record["format"]) if record else FULL)
 
 
-def base_reference(base_dir: str | Path, folder: str | Path) -> dict[str, str]:
-    """The record's `base`: `base_dir` relative to `folder` and the sha256 of its weights."""
+def base_reference(base_dir: str | Path, folder: str | Path) -> dict[str, Any]:
+    """The record's `base`: `base_dir` relative to `folder`, the sha256 of its weights, and their
+    size and mtime (a quick check: an unchanged file is not hashed again at every load)."""
     weights = Path(base_dir) / WEIGHTS_FILE
     if not weights.is_file():
         raise CtsftError(
             f"cannot store a checkpoint relative to {base_dir}: it has no {WEIGHTS_FILE} (only a "
             "full model folder can be a base)"
         )
+    stat = weights.stat()
     return {
         "path": os.path.relpath(Path(base_dir).resolve(), Path(folder).resolve()),
         "sha256": sha256_file(weights),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
     }
 
 
 def resolve_base(folder: str | Path, base: dict[str, Any], rule: str) -> Path:
-    """The base folder a stored checkpoint names, checked: present and with the same sha256."""
+    """The base folder a stored checkpoint names, checked: present and with the same sha256.
+
+    Like git's index, a weights file whose size and mtime are those recorded is taken as
+    unchanged (re-creating theta_1 always gives a new mtime); any other is hashed again (0.3 s
+    for e5-small's 470 MB, 1.2 s for Qwen2.5-0.5B's 2 GB)."""
     path = (Path(folder).resolve() / str(base["path"])).resolve()
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
@@ -92,6 +100,9 @@ def resolve_base(folder: str | Path, base: dict[str, Any], rule: str) -> Path:
             f"checkpoint {folder} is stored relative to {path}, which has no {WEIGHTS_FILE}: "
             f"re-create theta_1, then {forcerun(rule)}"
         )
+    stat = weights.stat()
+    if (stat.st_size, stat.st_mtime_ns) == (base.get("size"), base.get("mtime_ns")):
+        return path
     found = sha256_file(weights)
     if found != base.get("sha256"):
         raise CtsftError(
