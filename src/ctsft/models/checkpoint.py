@@ -69,9 +69,12 @@ def own_weights(folder: str | Path) -> Path:
     return weights_file(folder, str(record["format"]) if record else FULL)
 
 
-def base_reference(base_dir: str | Path, folder: str | Path) -> dict[str, Any]:
-    """The record's `base`: `base_dir` relative to `folder`, the sha256 of its weights, and their
-    size and mtime (a quick check: an unchanged file is not hashed again at every load)."""
+def base_reference(
+    base_dir: str | Path, folder: str | Path, sha256: str | None = None
+) -> dict[str, Any]:
+    """The record's `base`: `base_dir` relative to `folder`, the sha256 of its weights (hashed
+    unless the caller has it), and their size and mtime (a quick check: an unchanged file is not
+    hashed again at every load)."""
     weights = Path(base_dir) / WEIGHTS_FILE
     if not weights.is_file():
         raise CtsftError(
@@ -81,7 +84,7 @@ def base_reference(base_dir: str | Path, folder: str | Path) -> dict[str, Any]:
     stat = weights.stat()
     return {
         "path": os.path.relpath(Path(base_dir).resolve(), Path(folder).resolve()),
-        "sha256": sha256_file(weights),
+        "sha256": sha256 or sha256_file(weights),
         "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
     }
@@ -230,6 +233,7 @@ class StoredWeights:
     `spans` and `scatter` (format `trained`) or `lora_config` (format `lora`)."""
 
     base_dir: Path
+    base_sha256: str | None = None  # of base_dir's weights, when the caller hashed them already
     spans: list[Span] = field(default_factory=list)
     scatter: list[tuple[str, np.ndarray]] = field(default_factory=list)
     lora_config: Any = None
@@ -244,7 +248,8 @@ class StoredWeights:
             save_adapter(hf_model, self.lora_config, tmp)
         else:
             save_trained(hf_model, self.spans, self.scatter, tmp)
-        return {"format": self.format, "base": base_reference(self.base_dir, final)}
+        base = base_reference(self.base_dir, final, self.base_sha256)
+        return {"format": self.format, "base": base}
 
 
 def stored_record(folder: str | Path) -> dict[str, Any] | None:

@@ -546,19 +546,20 @@ def stored_weights(
     base_dir: Path,
     lora_config: Any = None,
     fresh: tuple[str, ...] = (),
+    base_sha256: str | None = None,
 ) -> StoredWeights | None:
     """What a checkpoint of `plan` stores relative to `base_dir`: the LoRA adapter, or the
     plan's whole tensors, spans and entries, plus the `fresh` parameters the base folder does not
     hold (a new classifier head); None (the whole model) when that is everything."""
     if lora_config is not None:
-        return None if fresh else StoredWeights(base_dir, lora_config=lora_config)
+        return None if fresh else StoredWeights(base_dir, base_sha256, lora_config=lora_config)
     spans = [(e.name, e.dim, e.start, e.stop) for e in plan.entries]
     whole = {name for name, dim, _, _ in spans if dim is None}
     spans = [s for s in spans if s[0] not in fresh] + [(n, None, 0, 0) for n in fresh]
     scatter = [(s.name, s.indices) for s in plan.scatter.entries if s.name not in fresh] if plan.scatter else []  # fmt: skip
     if not scatter and whole | set(fresh) == {name for name, _ in hf_model.named_parameters()}:
         return None
-    return StoredWeights(base_dir, spans=spans, scatter=scatter)
+    return StoredWeights(base_dir, base_sha256, spans=spans, scatter=scatter)
 
 
 def resume_dir_for(checkpoint: str | Path) -> Path:
@@ -625,7 +626,12 @@ def train_to_checkpoint(
         stored = None
         if base_dir is not None:  # store only what was trained, relative to base_dir
             stored = stored_weights(
-                plan, model.hf, Path(base_dir), trainer.lora_config, model.fresh_parameters
+                plan,
+                model.hf,
+                Path(base_dir),
+                trainer.lora_config,
+                model.fresh_parameters,
+                record.get("init_sha256"),  # the caller's provenance hashed base_dir already
             )
         if stored is not None and stored.lora_config is not None:
             model.save(checkpoint, extra={"training": training}, stored=stored)  # the adapter
