@@ -232,6 +232,29 @@ def test_weight_decay_shrinks_the_effective_selected_weights_towards_zero(
     assert torch.allclose(rows, want, atol=1e-7)
 
 
+def test_delta_decay_is_a_step_pre_hook_of_any_optimizer(tiny_model_dirs: dict[str, Path]) -> None:
+    """The masking module owns the delta decay: a bare `optimizer.step()` (no training loop)
+    decays the effective span weights at the group's current lr; `merge` removes the hook."""
+    model = load_task_model(tiny_model_dirs["tiny_bert"], "nusax", max_length=16)
+    plan = build_plan(model.hf, model.adapter, _method("ctsft", train_norms=False), CIRCUIT)
+    masked = MaskedModel(model.hf, plan)
+    deltas = [ref.delta for ref in masked.deltas]
+    optimizer = torch.optim.SGD(deltas, lr=0.5)  # SGD with zero gradients: only the hook moves
+    masked.decay_before_steps(optimizer, weight_decay=0.2)
+    matrix = next(ref for ref in masked.deltas if ref.original.dim() >= 2)
+    bias = next(ref for ref in masked.deltas if ref.original.dim() == 1)
+    for delta in deltas:
+        delta.grad = torch.zeros_like(delta)
+    w_before = (matrix.base() + matrix.delta).detach().clone()
+    b_before = (bias.base() + bias.delta).detach().clone()
+    optimizer.step()
+    assert torch.allclose(matrix.base() + matrix.delta, w_before * (1 - 0.5 * 0.2), atol=1e-7)
+    assert torch.equal((bias.base() + bias.delta).detach(), b_before)  # biases are not decayed
+    assert len(optimizer._optimizer_step_pre_hooks) == 1
+    masked.merge()
+    assert not optimizer._optimizer_step_pre_hooks
+
+
 def test_frozen_kv_policy_trains_only_q_and_o(tiny_model_dirs: dict[str, Path]) -> None:
     model = load_task_model(tiny_model_dirs["tiny_qwen2"], "nusax")
     plan = build_plan(

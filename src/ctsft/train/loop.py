@@ -10,8 +10,8 @@ of the initial checkpoint, the circuit and the data), so a resume never continue
 
 The device and precision come from the model's `Runtime`: forward passes run under its autocast
 (bf16 on CUDA by default), while weights, span deltas and AdamW state stay fp32. We keep our own
-loop rather than HF `Trainer` because CT-SFT's span deltas need a decay step between clipping and
-the optimizer step (see `MaskedModel.decay_deltas`), and the resume state must be bit-exact.
+loop rather than HF `Trainer` because the resume state must be bit-exact. (CT-SFT's span deltas
+decay through an optimizer step pre-hook that `MaskedModel.decay_before_steps` registers.)
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def _param_groups(
     named: list[tuple[str, nn.Parameter]], weight_decay: float, deltas: set[int]
 ) -> list[dict[str, Any]]:
     """Decay matrices (as HF Trainer), not biases/norms; span deltas (`deltas`, by id) decay via
-    `MaskedModel.decay_deltas` instead."""
+    the step pre-hook of `MaskedModel.decay_before_steps` instead."""
     decay = [p for _, p in named if p.dim() >= 2 and id(p) not in deltas]
     rest = [p for _, p in named if not (p.dim() >= 2 and id(p) not in deltas)]
     groups = []
@@ -310,6 +310,8 @@ class Trainer:
             if self.named
             else None
         )
+        if self.masked is not None and self.optimizer is not None:
+            self.masked.decay_before_steps(self.optimizer, config.weight_decay)
         self.state = TrainState()
 
     @property
@@ -363,7 +365,8 @@ class Trainer:
         return loss.item()
 
     def apply_update(self, scheduler: Any | None = None) -> float:
-        """Clip, decay slice deltas, AdamW step, schedule step, zero grads; returns the grad norm."""
+        """Clip, AdamW step (its pre-hooks decay slice deltas), schedule step, zero grads; returns
+        the grad norm."""
         assert self.optimizer is not None
         cfg = self.config
         params = [p for _, p in self.named]
@@ -374,13 +377,6 @@ class Trainer:
             if cfg.max_grad_norm
             else float("nan")
         )
-        lr = (
-            scheduler.get_last_lr()[0]
-            if scheduler is not None
-            else self.optimizer.param_groups[0]["lr"]
-        )
-        if self.masked is not None:
-            self.masked.decay_deltas(lr, cfg.weight_decay)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()

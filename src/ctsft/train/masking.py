@@ -18,7 +18,8 @@ appear in `named_parameters()` (resume state, clipping, counts); the training lo
 of its weight-decay group. AdamW's decoupled decay should shrink the *effective* selected
 weights, not the deltas (which would decay towards W0): `decay_deltas` applies
 delta -= lr * wd * (W0[a:b] + delta) before each optimizer step, the same update AdamW makes to a
-weight.
+weight. `decay_before_steps` registers it as the optimizer's step pre-hook, so it runs after the
+loop's gradient clipping and right before AdamW's step, and the loop knows nothing of it.
 
 Individual entries (`plan.scatter`, kind `sparse_random`) get the same treatment through a
 `ScatterDeltas` child (`<linear>.scatter_deltas`): one 1-D delta per weight / bias holding only the
@@ -37,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.hooks import RemovableHandle
 
 from ctsft.train.methods import ScatterEntry, TrainablePlan, TrainEntry
 
@@ -203,6 +205,7 @@ class MaskedModel:
         self.model = model
         self.deltas: list[DeltaRef | EntryRef] = []
         self._hooked: list[tuple[nn.Module, Any]] = []
+        self._step_hooks: list[RemovableHandle] = []  # the delta decay on optimizers
         params = dict(model.named_parameters())
         for param in model.parameters():
             param.requires_grad_(False)
@@ -295,6 +298,18 @@ class MaskedModel:
             if ref.original.dim() >= 2:
                 ref.delta.sub_((ref.base() + ref.delta) * (lr * weight_decay))
 
+    def decay_before_steps(self, optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+        """Run `decay_deltas` before every `optimizer.step()` (a step pre-hook), at the learning
+        rate of that step (the scheduler has set it in the param groups; all groups share it).
+
+        A step that a grad scaler skips (fp16, non-finite gradients) skips the decay too, as AdamW
+        skips its own. `merge` removes the hook."""
+
+        def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            self.decay_deltas(opt.param_groups[0]["lr"], weight_decay)
+
+        self._step_hooks.append(optimizer.register_step_pre_hook(hook))
+
     @torch.no_grad()
     def merge(self) -> None:
         """Write W0[span] + delta (W0[idx] + delta for entries) into the original tensors and
@@ -305,4 +320,7 @@ class MaskedModel:
             handle.remove()
             delattr(module, HOLDER if hasattr(module, HOLDER) else SCATTER_HOLDER)
         self._hooked.clear()
+        for step_hook in self._step_hooks:
+            step_hook.remove()
+        self._step_hooks.clear()
         self.deltas.clear()
