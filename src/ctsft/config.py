@@ -3,25 +3,33 @@
 Entry points and workflow scripts call `compose(overrides)`; the config folder is
 `config/hydra` of the repository (or $CTSFT_CONFIG_DIR), so steps run the same from any cwd.
 `model=hub:<org>/<name>` becomes `model=hub model.name=hub:<org>/<name>` (a Hydra option name
-cannot hold `:` or `/`), and every value of `VALUE_CHECKS` is checked once composed, so a wrong
-type or range is one line naming the key, not an error deep inside torch.
+cannot hold `:` or `/`). Every value is typed by its group's schema (`ctsft.config_schema`, which
+the YAML files extend) as Hydra composes, and every value of `VALUE_CHECKS` is range-checked once
+composed, so a wrong type, an unknown key or a value out of range is one line naming the key (and
+the YAML file it is in), not an error deep inside torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import difflib
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from ctsft.config_schema import GROUP_SCHEMAS, METHOD_SCHEMAS, CtsftSchema, register
 from ctsft.data.tasks import TaskSpec, get_task
 from ctsft.errors import CtsftError
+from ctsft.provenance import REPO_ROOT
 from ctsft.workflow_config import HUB_PREFIX, check_hub_id, config_dir
 
 
@@ -122,6 +130,13 @@ VALUE_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 _ABSENT = object()
 
 
+def _shown(value: Any) -> str:
+    """A value as typed: `'fast'`, `0` (a float field holds `train.lr=0` as 0.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def check_values(cfg: DictConfig) -> None:
     """One line naming the first key of `VALUE_CHECKS` whose value is of the wrong type or range."""
     if "model" in cfg and OmegaConf.is_missing(cfg.model, "name"):
@@ -129,25 +144,169 @@ def check_values(cfg: DictConfig) -> None:
     for key, (expected, ok) in VALUE_CHECKS.items():
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not ok(value):
-            shown = repr(value) if isinstance(value, str) else value
-            raise CtsftError(f"bad config value {key}={shown}: expected {expected}")
+            raise CtsftError(f"bad config value {key}={_shown(value)}: expected {expected}")
+
+
+# ---------------------------------------------------------------- types and unknown keys
+def yaml_file(group: str, name: str) -> str:
+    """config/hydra/<group>/<name>.yaml as a user would type it (relative to the repository)."""
+    path = config_dir() / group / f"{name}.yaml"
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+#: the config groups (folders of config/hydra)
+GROUPS = (*GROUP_SCHEMAS, "method")
+
+_NOUNS = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}
+
+
+def expected_type(schema: Any, key: str) -> str:
+    """What field `key` of the dataclass `schema` takes, in words."""
+    hints = typing.get_type_hints(schema) if dataclasses.is_dataclass(schema) else {}
+    kind = hints.get(key, Any)
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    nullable = typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) == 1
+    kind = args[0] if nullable else kind
+    noun = _NOUNS.get(kind, "a list" if typing.get_origin(kind) is list else "another value")
+    return ("null or " if nullable else "") + noun
+
+
+def close_keys(key: str, allowed: Iterable[str]) -> str:
+    """`; did you mean a, b?` (difflib), or `; keys: ...` when nothing is close."""
+    allowed = sorted(allowed)
+    close = difflib.get_close_matches(key, allowed, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else f"; its keys: {', '.join(allowed)}"
+
+
+def _schema_keys(schema: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
+
+
+def _value_error(key: str, value: Any, schema: Any) -> str:
+    if key in VALUE_CHECKS:
+        return f"bad config value {key}={_shown(value)}: expected {VALUE_CHECKS[key][0]}"
+    expected = expected_type(schema, key.rsplit(".", 1)[-1])
+    return f"bad config value {key}={_shown(value)}: expected {expected}"
+
+
+def _causes(err: BaseException) -> Iterable[BaseException]:
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+
+
+def compose_error(err: BaseException, overrides: list[str] = ()) -> str:  # type: ignore[assignment]
+    """One line for a Hydra/OmegaConf composition error: an unknown key or a value of the wrong
+    type, in a YAML file (named) or an override; anything else as Hydra's first line."""
+    text = str(err).strip()
+    in_file = re.match(r"In '([\w/]+)': (\w+) raised while composing config:\n(.*)", text, re.S)
+    if in_file:  # a YAML file of config/hydra merged into its schema
+        group, _, name = in_file.group(1).rpartition("/")
+        where, detail = yaml_file(group, name) if group else in_file.group(1), in_file.group(3)
+        full_key = re.search(r"full_key: (\S+)", detail)
+        key = full_key.group(1) if full_key else "?"
+        unknown = re.match(r"Key '(\w+)' not in '(\w+)'", detail)
+        if unknown:
+            leaf = unknown.group(1)
+            schema = _schema_named(unknown.group(2))
+            return f"{where}: unknown key {leaf}{close_keys(leaf, _schema_keys(schema))}"
+        value = re.match(r"Value '(.*?)'", detail)
+        if value:
+            schema = _schema_named((re.search(r"object_type=(\w+)", detail) or [None, ""])[1])
+            return f"{where}: {_value_error(key, value.group(1), schema)}"
+    for cause in _causes(err):
+        full_key = getattr(cause, "full_key", None)
+        if not isinstance(cause, OmegaConfBaseException) or not full_key:
+            continue
+        schema = getattr(cause, "object_type", None)
+        if "not in" in str(cause) or "not in struct" in str(cause):
+            parent, _, leaf = str(full_key).rpartition(".")
+            group = parent.split(".", 1)[0]
+            home = f"config/hydra/{group}/" if group in GROUPS else "config/hydra/ctsft.yaml"
+            where = f"in {parent} ({home})" if parent else "at the top level"
+            given = next(
+                (o for o in overrides if o.lstrip("+").startswith(f"{full_key}")), full_key
+            )
+            return f"bad config override {given}: unknown key {leaf} {where}{close_keys(leaf, _schema_keys(schema))}"
+        if type(cause).__name__ == "ValidationError":
+            return _value_error(str(full_key), getattr(cause, "value", None), schema)
+    first = text.splitlines()[0] if text else type(err).__name__
+    return f"bad config override: {first} (see config/hydra for valid keys)"
+
+
+def _schema_named(name: str) -> Any:
+    schemas = [CtsftSchema, *GROUP_SCHEMAS.values(), *METHOD_SCHEMAS.values()]
+    schemas += [type(getattr(CtsftSchema(), f.name)) for f in dataclasses.fields(CtsftSchema)]
+    return next((s for s in schemas if getattr(s, "__name__", None) == name), None)
+
+
+def type_method(cfg: DictConfig, where: str) -> None:
+    """A method YAML that extends no schema (no defaults list) typed by its kind's schema, so its
+    keys are checked all the same; a kind the schemas do not know is left to the registry."""
+    method = cfg.get("method")
+    if method is None or OmegaConf.get_type(method) is not dict:
+        return
+    schema = METHOD_SCHEMAS.get(str(method.get("kind")))
+    if schema is None:
+        return
+    unknown = [k for k in method if k not in _schema_keys(schema)]
+    if unknown:
+        raise CtsftError(
+            f"{where}: unknown key {unknown[0]}{close_keys(unknown[0], _schema_keys(schema))}"
+        )
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(schema), method)
+    except OmegaConfBaseException as err:
+        key = f"method.{getattr(err, 'key', '?')}"
+        raise CtsftError(
+            f"{where}: {_value_error(key, getattr(err, 'value', None), schema)}"
+        ) from None
+    with open_dict(cfg):
+        cfg.method = typed
+
+
+def check_complete(cfg: DictConfig, files: dict[str, str]) -> None:
+    """One line naming a key no YAML gave a value (`???`), and the group's file."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        group = key.split(".", 1)[0]
+        where = files.get(group, "config/hydra/ctsft.yaml")
+        raise CtsftError(f"{where}: {key} has no value: set it there or pass {key}=<value>")
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "ctsft") -> DictConfig:
-    """The composed, value-checked config for `overrides` (Hydra syntax: `model=tiny_bert train.epochs=1`)."""
+    """The composed, typed, value-checked config for `overrides` (Hydra syntax:
+    `model=tiny_bert train.epochs=1`)."""
+    register()
+    overrides = hub_overrides(list(overrides or []))
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             cfg = hydra_compose(
-                config_name=config_name, overrides=hub_overrides(list(overrides or []))
+                config_name=config_name, overrides=overrides, return_hydra_config=True
             )
     except (HydraException, OmegaConfBaseException) as err:
-        first = str(err).strip().splitlines()[0]
-        raise CtsftError(
-            f"bad config override: {first} (see config/hydra for valid keys)"
-        ) from None
+        raise CtsftError(compose_error(err, overrides)) from None
     finally:
         GlobalHydra.instance().clear()
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    files = {g: yaml_file(g, str(o)) for g, o in choices.items() if o and "/" not in g}
+    return finish(cfg, files)
+
+
+def finish(cfg: DictConfig, files: dict[str, str]) -> DictConfig:
+    """Type a schema-less method YAML, refuse keys without a value, check ranges (VALUE_CHECKS)."""
+    check_values_first = "model" in cfg and OmegaConf.is_missing(cfg.model, "name")
+    if check_values_first:
+        check_values(cfg)  # model=hub without an id: its own message
+    type_method(cfg, files.get("method", "config/hydra/method"))
+    check_complete(cfg, files)
     OmegaConf.set_struct(cfg, True)
     check_values(cfg)
     return cfg
