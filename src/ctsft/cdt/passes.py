@@ -12,8 +12,19 @@ totals come from, is what tells the passes apart:
 | `DecomposePass` | (beta, gamma) pairs   | from the cache: gamma W = total W - beta W    | earliest source |
 
 Shapes: S source (or head) sets, B batch rows, T positions, H heads, dh = d_head, D = d_model.
-Every stream carries the leading set dim; cached totals have S = 1 and broadcast. Once pruned
-(after the last layer's keys and values) T is 1: only the read-out position is propagated.
+Every stream carries the leading set dim; cached totals have S = 1 and broadcast. Which positions a
+stream holds is a value passed along the walk (`Positions`): all T, or (after the last layer's keys
+and values, in a pruning pass) only each row's read-out position, T = 1. The walk returns it from
+`attention` and hands it to every node that reads a cached total; no pass keeps it as state.
+
+Passes change z, the per-head attention output `[S, B, T, H, dh]`, at one site: `_Pass.hook_z`
+(TransformerLens's `hook_z`), just before the output projection. The decompositions split z at
+the sources; mean ablation replaces heads by mu. At the start layer of a pass that begins from a
+cache, `_start_output` projects the same edit of the cached z more cheaply (only the edited
+heads' columns of W_o), from the same (mask, mu) as its `hook_z`.
+
+Shapes in signatures are `Annotated[..., "S B T D"]` (`ctsft.cdt.shapes`; `#S` may be 1, a cached
+total), checked on every call of the decorated methods when `CTSFT_CHECK_SHAPES=1` (the tests).
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, Literal, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +40,7 @@ import torch.nn.functional as F
 from ctsft.adapters import LayerParts, NormSpec
 from ctsft.adapters.decoder import rotate_half
 from ctsft.cdt.rules import Parts, activation_name, clean_up, gated_node, linear_node, node_rules
+from ctsft.cdt.shapes import check_shapes
 from ctsft.models.task_model import TaskModel
 
 if TYPE_CHECKING:
@@ -38,7 +50,7 @@ if TYPE_CHECKING:
 Tensor = torch.Tensor
 Activation = Callable[[Tensor], Tensor]
 Stream = TypeVar("Stream", Tensor, Parts)  # totals, or (beta, gamma)
-Rotary = tuple[Tensor, Tensor]  # (cos, sin) `[1, T, dh]`, or `[B, 1, dh]` once pruned
+Rotary = tuple[Tensor, Tensor]  # (cos, sin) `[1, T, dh]`, or `[B, 1, dh]` at the read-out
 
 
 class Affine(Protocol):
@@ -83,6 +95,21 @@ def _take(t: Tensor, sel: Tensor, dim: int = 2) -> Tensor:
     expand = list(t.shape)
     expand[dim] = 1
     return torch.gather(t, dim, idx.expand(expand))
+
+
+@dataclass(frozen=True)
+class Positions:
+    """The positions a stream holds: every position (`readout` None), or only each row's read-out
+    position (`readout` `[B]`, the position dim has size 1)."""
+
+    readout: Tensor | None = None
+
+    def take(self, t: Tensor, dim: int = 2) -> Tensor:
+        """A cached total `[1, B, T, ...]` (or a mask) at these positions along `dim`."""
+        return t if self.readout is None else _take(t, self.readout, dim)
+
+
+ALL = Positions()  # every position: the walk's start, and the read-out totals (cached per row)
 
 
 def inv_std(x: Tensor, spec: NormSpec) -> Tensor:
@@ -162,20 +189,27 @@ class _Pass(ABC, Generic[Stream]):
         self.dtype = given.dtype
         self.tensors = given.tensors  # the cache's totals, or (clean pass) what it records
         self.prune = prune  # in the last layer, propagate only the read-out query
-        self.pruned = False  # the streams (and cached totals read) are at the read-out position
-        self.start: int | None = None  # layer whose attention output is the cached one
         self._masks: dict[int, Tensor] = {}
         self._rotary_tables: dict[int, Rotary | None] = {}
 
     # -- node rules (per stream kind) -----------------------------------------------------------
     @abstractmethod
     def lin(
-        self, key: str, x: Stream, f: Affine, clean: bool = False, act: Activation | None = None
+        self,
+        key: str,
+        at: Positions,
+        x: Stream,
+        f: Affine,
+        clean: bool = False,
+        act: Activation | None = None,
     ) -> Stream:
-        """Linear map x W^T + b, then (optionally) the clean-up and an activation, as one node."""
+        """Linear map x W^T + b, then (optionally) the clean-up and an activation, as one node.
+        `key` names the node's total, `at` the positions of x (and of the total read)."""
 
     @abstractmethod
-    def norm(self, key: str, x: Stream, spec: NormSpec, clean: bool = False) -> Stream:
+    def norm(
+        self, key: str, at: Positions, x: Stream, spec: NormSpec, clean: bool = False
+    ) -> Stream:
         """LayerNorm or RMSNorm (then the optional clean-up)."""
 
     @abstractmethod
@@ -188,9 +222,17 @@ class _Pass(ABC, Generic[Stream]):
 
     @abstractmethod
     def _attend(
-        self, layer: int, q: Stream, k: Stream, v: Stream, allowed: Tensor, scaling: float
+        self,
+        layer: int,
+        at: Positions,
+        q: Stream,
+        k: Stream,
+        v: Stream,
+        allowed: Tensor,
+        scaling: float,
     ) -> Stream:
-        """Heads-first q `[S, B, H, Tq, dh]`, k, v `[S, B, H, T, dh]` -> z `[S, B, Tq, H, dh]`."""
+        """Heads-first q `[S, B, H, Tq, dh]`, k, v `[S, B, H, T, dh]` -> z `[S, B, Tq, H, dh]`
+        (`at`: the query positions)."""
 
     @abstractmethod
     def _map(self, fn: Callable[[Tensor], Tensor], x: Stream) -> Stream:
@@ -200,15 +242,27 @@ class _Pass(ABC, Generic[Stream]):
     def _enter(self, layer: int, x: Stream) -> None:
         """Called with the stream entering each layer (the clean pass records it)."""
 
-    def _cached_z(self, layer: int) -> Stream:
-        """z of the start layer from the cache (only passes that start from a cache have one)."""
+    @check_shapes
+    def hook_z(
+        self, layer: int, at: Positions, z: Annotated[Stream, "#S B T H dh"]
+    ) -> Annotated[Stream, "#S B T H dh"]:
+        """The one site where a pass edits z `[S, B, T, H, dh]` (TransformerLens's `hook_z`),
+        right before the output projection: unchanged here; the decompositions patch the sources
+        (`_TwoPartPass`), mean ablation puts mu in place of heads (`AblatePass`)."""
+        return z
+
+    def _start_output(self, layer: int, at: Positions, o: Affine) -> Annotated[Stream, "S B T D"]:
+        """Attention output `[S, B, T, D]` of the start layer of a pass that begins from a cache:
+        z is the cached one, edited as `hook_z` edits it (passes project that edit sparsely)."""
         raise NotImplementedError(f"{type(self).__name__} does not start from a cache")
 
-    def _project_z(self, layer: int, o: Affine, z: Stream) -> Stream:
-        """Output projection of z `[S, B, T, H, dh]` -> `[S, B, T, D]`; passes that edit z (patch
-        the sources, ablate heads) hook in here."""
+    @check_shapes
+    def _project_z(
+        self, layer: int, at: Positions, o: Affine, z: Annotated[Stream, "#S B T H dh"]
+    ) -> Annotated[Stream, "#S B T D"]:
+        """Output projection of z `[S, B, T, H, dh]` -> `[S, B, T, D]`."""
         flat = self._map(lambda t: t.flatten(-2), z)
-        return self.lin(cache_key(layer, "o"), flat, o)
+        return self.lin(cache_key(layer, "o"), at, flat, o)
 
     # -- positions ------------------------------------------------------------------------------
     def at_readout(self, t: Tensor, dim: int = 2) -> Tensor:
@@ -223,80 +277,91 @@ class _Pass(ABC, Generic[Stream]):
     def take(self, x: Stream) -> Stream:
         return self._map(self.at_readout, x)
 
-    def cached(self, key: str, dim: int = 2) -> Tensor:
-        """A cached total `[1, B, T, ...]`, at the read-out position (`dim`) once pruned."""
-        t = self.tensors[key]
-        return self.at_readout(t, dim) if self.pruned else t
+    def cached(self, key: str, at: Positions, dim: int = 2) -> Tensor:
+        """A cached total `[1, B, T, ...]` at the positions `at` (along `dim`)."""
+        return at.take(self.tensors[key], dim)
 
     # -- layers ---------------------------------------------------------------------------------
-    def run_layers(self, x: Stream, start: int, keep: bool) -> tuple[Stream, list[Stream | None]]:
-        """Layers `start..` on x `[S, B, T, D]`; with `keep`, every layer output (else None)."""
+    def run_layers(
+        self, x: Stream, start: int, keep: bool, from_cache: bool = False
+    ) -> tuple[Stream, Positions, list[Stream | None]]:
+        """Layers `start..` on x `[S, B, T, D]` (`from_cache`: the start layer's z is the cached
+        one); the output, its positions, and with `keep` every layer output (else None)."""
         outputs: list[Stream | None] = [None] * self.e.geo.n_layers
+        at = ALL
         for layer in range(start, self.e.geo.n_layers):
-            x = self.block(layer, x)
+            x, at = self.block(layer, x, at, from_cache and layer == start)
             if keep:
                 outputs[layer] = x
-        return x, outputs
+        return x, at, outputs
 
-    def block(self, layer: int, x: Stream) -> Stream:
-        """One layer `[S, B, T, D]` -> `[S, B, T, D]` (`[S, B, 1, D]` once pruned), in the
-        layer's norm placement (`LayerParts.norm_style`)."""
+    def block(
+        self, layer: int, x: Stream, at: Positions, from_cache: bool = False
+    ) -> tuple[Stream, Positions]:
+        """One layer `[S, B, T, D]` -> `[S, B, T, D]` (`[S, B, 1, D]` when its attention prunes),
+        in the layer's norm placement (`LayerParts.norm_style`), and the output's positions.
+        `from_cache`: z is the cached one (and beta entering is zero), so the attention input is
+        not needed."""
         parts = self.e.parts[layer]
         style = parts.norm_style
         prune = self.prune and layer == self.e.geo.n_layers - 1
-        # z from the cache (and beta entering is zero): the attention input is not needed
-        from_cache = layer == self.start
         self._enter(layer, x)
         if style == "post":
-            a = self.attention(layer, parts, x, prune)
+            a, at = self.attention(layer, parts, at, x, prune, from_cache)
             x = self.take(x) if prune else x
             h = self.norm(
-                cache_key(layer, "ln1"), self.add(x, a, a_zero=from_cache), parts.post_attn
+                cache_key(layer, "ln1"), at, self.add(x, a, a_zero=from_cache), parts.post_attn
             )
             m_in = h
         else:
-            a_in = x if from_cache else self.norm(cache_key(layer, "ln1"), x, parts.pre_attn)
-            a = self.attention(layer, parts, a_in, prune)
+            a_in = x if from_cache else self.norm(cache_key(layer, "ln1"), at, x, parts.pre_attn)
+            a, at = self.attention(layer, parts, at, a_in, prune, from_cache)
             if style == "sandwich":
-                a = self.norm(cache_key(layer, "ln_pa"), a, parts.post_attn)
+                a = self.norm(cache_key(layer, "ln_pa"), at, a, parts.post_attn)
             x = self.take(x) if prune else x
             h = self.add(x, a, a_zero=from_cache)
-            m_in = self.norm(cache_key(layer, "ln2"), h, parts.pre_mlp)
-        d = self.mlp(layer, parts, m_in)
+            m_in = self.norm(cache_key(layer, "ln2"), at, h, parts.pre_mlp)
+        d = self.mlp(layer, at, parts, m_in)
         if style == "sandwich":
-            d = self.norm(cache_key(layer, "ln_pm"), d, parts.post_mlp)
+            d = self.norm(cache_key(layer, "ln_pm"), at, d, parts.post_mlp)
         y = self.add(h, d, clean=True)
         if style == "post":
-            y = self.norm(cache_key(layer, "ln2"), y, parts.post_mlp, clean=True)
-        return y
+            y = self.norm(cache_key(layer, "ln2"), at, y, parts.post_mlp, clean=True)
+        return y, at
 
-    def attention(self, layer: int, parts: LayerParts, x: Stream, prune: bool) -> Stream:
-        """Self-attention up to and including the output projection, `[S, B, T, D]` in and out.
-        With `prune` the keys and values cover every position but only the read-out query is
-        computed (out `[S, B, 1, D]`)."""
-        at = parts.attn
-        if layer == self.start:
-            if prune:
-                self.pruned = True
-            return self._project_z(layer, at.o, self._cached_z(layer))
+    def attention(
+        self,
+        layer: int,
+        parts: LayerParts,
+        at: Positions,
+        x: Stream,
+        prune: bool,
+        from_cache: bool = False,
+    ) -> tuple[Stream, Positions]:
+        """Self-attention up to and including the output projection, `[S, B, T, D]` in and out,
+        and the positions of its output. With `prune` the keys and values cover every position but
+        only the read-out query is computed (out `[S, B, 1, D]`, at the read-out positions)."""
+        attn = parts.attn
+        q_at = Positions(self.readout_pos) if prune else at  # the positions of the queries, z, out
+        if from_cache:
+            return self._start_output(layer, q_at, attn.o), q_at
         geo = self.e.geo
         allowed = self._mask(layer, parts)  # [B, 1, T, T]
-        k = self._heads(self.lin(cache_key(layer, "k"), x, at.k), geo.n_kv_heads)
-        v = self._heads(self.lin(cache_key(layer, "v"), x, at.v), geo.n_kv_heads)
-        if at.k_norm is not None:
-            k = self.norm(cache_key(layer, "kn"), k, at.k_norm)
+        k = self._heads(self.lin(cache_key(layer, "k"), at, x, attn.k), geo.n_kv_heads)
+        v = self._heads(self.lin(cache_key(layer, "v"), at, x, attn.v), geo.n_kv_heads)
+        if attn.k_norm is not None:
+            k = self.norm(cache_key(layer, "kn"), at, k, attn.k_norm)
         rotary = self._rotary(layer)
         if rotary is not None:
             k = self._rope(k, rotary)
         if prune:
-            self.pruned = True
             x = self.take(x)
             allowed = self.rows_at_readout(allowed, dim=2)  # [B, 1, 1, T]
             if rotary is not None:
                 rotary = (self.rows_at_readout(rotary[0]), self.rows_at_readout(rotary[1]))
-        q = self._heads(self.lin(cache_key(layer, "q"), x, at.q), geo.n_heads)
-        if at.q_norm is not None:
-            q = self.norm(cache_key(layer, "qn"), q, at.q_norm)
+        q = self._heads(self.lin(cache_key(layer, "q"), q_at, x, attn.q), geo.n_heads)
+        if attn.q_norm is not None:
+            q = self.norm(cache_key(layer, "qn"), q_at, q, attn.q_norm)
         if rotary is not None:
             q = self._rope(q, rotary)
         rep = geo.group_size
@@ -307,10 +372,11 @@ class _Pass(ABC, Generic[Stream]):
 
         q = self._map(lambda t: t.transpose(2, 3), q)
         k, v = self._map(kv_first, k), self._map(kv_first, v)
-        z = self._attend(layer, q, k, v, allowed, at.scaling)
-        return self._project_z(layer, at.o, z)
+        z = self._attend(layer, q_at, q, k, v, allowed, attn.scaling)
+        return self._project_z(layer, q_at, attn.o, self.hook_z(layer, q_at, z)), q_at
 
-    def _heads(self, x: Stream, n: int) -> Stream:
+    @check_shapes
+    def _heads(self, x: Annotated[Stream, "#S B T HD"], n: int) -> Annotated[Stream, "#S B T * dh"]:
         """`[S, B, T, n*dh]` -> `[S, B, T, n, dh]`."""
         dh = self.e.geo.d_head
         return self._map(lambda t: t.reshape(*t.shape[:-1], n, dh), x)
@@ -351,30 +417,32 @@ class _Pass(ABC, Generic[Stream]):
             self._rotary_tables[layer] = None if tab.numel() == 0 else (tab[0], tab[1])
         return self._rotary_tables[layer]
 
-    def mlp(self, layer: int, parts: LayerParts, x: Stream) -> Stream:
+    def mlp(self, layer: int, at: Positions, parts: LayerParts, x: Stream) -> Stream:
         mp = parts.mlp
         if mp.kind == "gated":
             assert mp.gate is not None
-            up = self.lin(cache_key(layer, "up"), x, mp.up, clean=True)
-            gate = self.lin(cache_key(layer, "gate"), x, mp.gate, clean=True)
+            up = self.lin(cache_key(layer, "up"), at, x, mp.up, clean=True)
+            gate = self.lin(cache_key(layer, "gate"), at, x, mp.gate, clean=True)
             hidden = self.gated(gate, up, mp.act)
         else:
-            hidden = self.lin(cache_key(layer, "up"), x, mp.up, clean=True, act=mp.act)
-        return self.lin(cache_key(layer, "down"), hidden, mp.down, clean=True)
+            hidden = self.lin(cache_key(layer, "up"), at, x, mp.up, clean=True, act=mp.act)
+        return self.lin(cache_key(layer, "down"), at, hidden, mp.down, clean=True)
 
-    def readout(self, x: Stream) -> Stream:
-        """Class logits `[S, B, n_labels]` from the read-out position of the last layer's output."""
+    @check_shapes
+    def readout(self, x: Annotated[Stream, "S B T D"], at: Positions) -> Annotated[Stream, "S B L"]:
+        """Class logits `[S, B, n_labels]` from the read-out position of the last layer's output
+        x (at positions `at`)."""
         e = self.e
-        if not self.pruned:
+        if at.readout is None:
             x = self.take(x)
-        self.pruned = False  # the read-out totals are cached at the read-out position already
+        # the read-out totals are cached at the read-out position already: ALL reads them as is
         if e.kind == "encoder":
-            pooled = self.lin(cache_key(READOUT, "pool"), x, e.pooler, act=e.pooler_act)
-            out = self.lin(cache_key(READOUT, "cls"), pooled, e.classifier)
+            pooled = self.lin(cache_key(READOUT, "pool"), ALL, x, e.pooler, act=e.pooler_act)
+            out = self.lin(cache_key(READOUT, "cls"), ALL, pooled, e.classifier)
         else:
-            normed = self.norm(cache_key(READOUT, "norm"), x, e.final_norm)
+            normed = self.norm(cache_key(READOUT, "norm"), ALL, x, e.final_norm)
             lm_head = _Unembedding(e.unembed_w, e.unembed_b)
-            out = self.lin(cache_key(READOUT, "lm"), normed, lm_head)
+            out = self.lin(cache_key(READOUT, "lm"), ALL, normed, lm_head)
         return self._map(lambda t: t[:, :, 0], out)
 
 
@@ -386,16 +454,25 @@ class _TotalsPass(_Pass[Tensor]):
     def _record(self, key: str, value: Tensor) -> None:
         """Keep a node's total (pre-bias matmul outputs, norm scales, P, z): clean pass only."""
 
+    @check_shapes
     def lin(
-        self, key: str, x: Tensor, f: Affine, clean: bool = False, act: Activation | None = None
-    ) -> Tensor:
+        self,
+        key: str,
+        at: Positions,
+        x: Annotated[Tensor, "#S B T I"],
+        f: Affine,
+        clean: bool = False,
+        act: Activation | None = None,
+    ) -> Annotated[Tensor, "#S B T O"]:
         tw = F.linear(x, f.weight)
         self._record(key, tw)
         bias = f.bias
         out = tw if bias is None else tw + bias
         return out if act is None else act(out)
 
-    def norm(self, key: str, x: Tensor, spec: NormSpec, clean: bool = False) -> Tensor:
+    def norm(
+        self, key: str, at: Positions, x: Tensor, spec: NormSpec, clean: bool = False
+    ) -> Tensor:
         inv = inv_std(x, spec)
         self._record(key, inv)
         if spec.kind == "layernorm":
@@ -409,9 +486,17 @@ class _TotalsPass(_Pass[Tensor]):
     def add(self, a: Tensor, b: Tensor, clean: bool = False, a_zero: bool = False) -> Tensor:
         return a + b
 
+    @check_shapes
     def _attend(
-        self, layer: int, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scaling: float
-    ) -> Tensor:
+        self,
+        layer: int,
+        at: Positions,
+        q: Annotated[Tensor, "#S B H T dh"],
+        k: Annotated[Tensor, "#S B H K dh"],
+        v: Annotated[Tensor, "#S B H K dh"],
+        allowed: Annotated[Tensor, "B 1 T K"],
+        scaling: float,
+    ) -> Annotated[Tensor, "#S B T H dh"]:
         p = _probs(q, k, allowed, scaling)
         z = torch.matmul(p, v).transpose(2, 3)  # [S, B, T, H, dh]
         self._record(cache_key(layer, "p"), p)
@@ -437,9 +522,9 @@ class CleanPass(_TotalsPass):
 
     def run(self) -> tuple[Tensor, list[Tensor]]:
         """Class logits `[B, n_labels]` and the layer outputs `[B, T, D]`."""
-        x, outputs = self.run_layers(self.embedded, 0, keep=True)
+        x, at, outputs = self.run_layers(self.embedded, 0, keep=True)
         hidden = [out[0] for out in outputs if out is not None]
-        return self.readout(x)[0], hidden
+        return self.readout(x, at)[0], hidden
 
 
 @dataclass
@@ -475,33 +560,44 @@ class AblatePass(_TotalsPass):
     def __init__(self, engine: CDTEngine, cache: CleanCache) -> None:
         super().__init__(engine, _PassInput.of_cache(cache), prune=True)
         self.logits = cache.logits  # [B, n_labels]: the device and dtype of the pass
-        self.ablation: dict[int, _Ablation] = {}
-        self.head_columns: _HeadColumns | None = None
+        self.ablation: dict[int, _Ablation] = {}  # of the current run
+        self.head_columns: _HeadColumns | None = None  # the start layer's, of the current run
 
     def run(self, heads: Sequence[Sequence[tuple[int, int]]], mu: Tensor) -> Tensor:
         """Class logits `[S, B, n_labels]`, set s with the heads `heads[s]` replaced by mu."""
         n_pos = self.attention_mask.shape[1]
         self.ablation = _ablations(self.e.geo, heads, mu, self.logits, n_pos)
-        self.start = min(self.ablation)
-        self.head_columns = _HeadColumns.of(self.e, self.start, self.ablation[self.start].heads)
-        entering = self.tensors[cache_key(self.start, "in")]
+        start = min(self.ablation)
+        self.head_columns = _HeadColumns.of(self.e, start, self.ablation[start].heads)
+        entering = self.tensors[cache_key(start, "in")]
         x = entering.expand(len(heads), *entering.shape[1:])
-        x, _ = self.run_layers(x, self.start, keep=False)
-        return self.readout(x)
+        x, at, _ = self.run_layers(x, start, keep=False, from_cache=True)
+        return self.readout(x, at)
 
-    def _cached_z(self, layer: int) -> Tensor:
-        return self.cached(cache_key(layer, "z"))
-
-    def _project_z(self, layer: int, o: Affine, z: Tensor) -> Tensor:
-        if layer not in self.ablation:
-            return super()._project_z(layer, o, z)
+    def _ablated(self, layer: int, at: Positions) -> tuple[Tensor, Tensor]:
+        """(mask `[S, 1, 1, H, 1]` of the heads replaced, mu at the positions `at`)."""
         ablation = self.ablation[layer]
         mu = ablation.mu
-        if mu.dim() == 4 and self.pruned:
+        if mu.dim() == 4 and at.readout is not None:
             mu = self.rows_at_readout(mu)
-        m = ablation.heads[:, None, None, :, None]  # [S, 1, 1, H, 1]
-        if layer != self.start:
-            return super()._project_z(layer, o, torch.where(m, mu, z))
+        return ablation.heads[:, None, None, :, None], mu
+
+    @check_shapes
+    def hook_z(
+        self, layer: int, at: Positions, z: Annotated[Tensor, "#S B T H dh"]
+    ) -> Annotated[Tensor, "S B T H dh"]:
+        """The ablated heads' z is mu."""
+        if layer not in self.ablation:
+            return z
+        m, mu = self._ablated(layer, at)
+        return torch.where(m, mu, z)
+
+    @check_shapes
+    def _start_output(self, layer: int, at: Positions, o: Affine) -> Annotated[Tensor, "S B T D"]:
+        """Cached W_o z plus W_o (mu - z) over the replaced heads: `hook_z`'s edit of the cached
+        z, projected through those heads' columns only (one head per set) or all of W_o."""
+        m, mu = self._ablated(layer, at)
+        z = self.cached(cache_key(layer, "z"), at)
         delta = (mu - z) * m  # [S, B, T, H, dh]
         if self.head_columns is not None:
             heads = self.head_columns.heads
@@ -509,7 +605,7 @@ class AblatePass(_TotalsPass):
             change = self.head_columns.project(torch.gather(delta, 3, idx).squeeze(3))
         else:
             change = F.linear(delta.flatten(-2), o.weight)
-        out = self.cached(cache_key(layer, "o")) + change
+        out = self.cached(cache_key(layer, "o"), at) + change
         return out if o.bias is None else out + o.bias
 
 
@@ -579,30 +675,45 @@ class _TwoPartPass(_Pass[Parts]):
 
     # -- where the totals come from ---------------------------------------------------------------
     @abstractmethod
-    def _gamma_w(self, key: str, gamma: Tensor, weight: Tensor) -> tuple[Tensor, bool]:
+    def _gamma_w(
+        self, key: str, at: Positions, gamma: Tensor, weight: Tensor
+    ) -> tuple[Tensor, bool]:
         """(gamma W, False), or (the total W, True) for the rule to subtract beta W from."""
 
     @abstractmethod
-    def _inv_std(self, key: str, x: Parts, spec: NormSpec) -> Tensor:
+    def _inv_std(self, key: str, at: Positions, x: Parts, spec: NormSpec) -> Tensor:
         """The norm scale of the total beta + gamma."""
 
     @abstractmethod
     def _attention_totals(
-        self, layer: int, q: Parts, k: Parts, v: Parts, probs: Callable[[Tensor, Tensor], Tensor]
+        self,
+        layer: int,
+        at: Positions,
+        q: Parts,
+        k: Parts,
+        v: Parts,
+        probs: Callable[[Tensor, Tensor], Tensor],
     ) -> tuple[Tensor | None, Tensor]:
         """(P of the totals, needed with frozen attention, else may be None; z of the totals)."""
 
     @abstractmethod
-    def _z_total(self, layer: int, z: Parts) -> Tensor:
+    def _z_total(self, layer: int, at: Positions, z: Parts) -> Tensor:
         """The total z `[S or 1, B, T, H, dh]` of a layer with sources."""
 
     # -- node rules -----------------------------------------------------------------------------
+    @check_shapes
     def lin(
-        self, key: str, x: Parts, f: Affine, clean: bool = False, act: Activation | None = None
-    ) -> Parts:
+        self,
+        key: str,
+        at: Positions,
+        x: Annotated[Parts, "#S B T I"],
+        f: Affine,
+        clean: bool = False,
+        act: Activation | None = None,
+    ) -> Annotated[Parts, "#S B T O"]:
         weight = f.weight
         bw = F.linear(x[0], weight)
-        other, from_total = self._gamma_w(key, x[1], weight)
+        other, from_total = self._gamma_w(key, at, x[1], weight)
         return self._bias_split(bw, other, f.bias, from_total, clean, act)
 
     def _bias_split(
@@ -622,9 +733,9 @@ class _TwoPartPass(_Pass[Parts]):
             return linear_node(*args, act)
         return self.rules.linear(*args, name)
 
-    def norm(self, key: str, x: Parts, spec: NormSpec, clean: bool = False) -> Parts:
+    def norm(self, key: str, at: Positions, x: Parts, spec: NormSpec, clean: bool = False) -> Parts:
         beta, gamma = x
-        inv = self._inv_std(key, x, spec)
+        inv = self._inv_std(key, at, x, spec)
         clean = clean and self.opts.normalize_rel_irrel
         if spec.kind == "layernorm":
             return self.rules.layernorm(
@@ -647,16 +758,24 @@ class _TwoPartPass(_Pass[Parts]):
             return b[0], a[1] + b[1]
         return self.rules.add(a[0], a[1], b[0], b[1], clean and self.opts.normalize_rel_irrel)
 
+    @check_shapes
     def _attend(
-        self, layer: int, q: Parts, k: Parts, v: Parts, allowed: Tensor, scaling: float
-    ) -> Parts:
+        self,
+        layer: int,
+        at: Positions,
+        q: Annotated[Parts, "#S B H T dh"],
+        k: Annotated[Parts, "#S B H K dh"],
+        v: Annotated[Parts, "#S B H K dh"],
+        allowed: Annotated[Tensor, "B 1 T K"],
+        scaling: float,
+    ) -> Annotated[Parts, "#S B T H dh"]:
         """z_beta = P_rel v_beta (P_rel = P_total when frozen, else softmax of the beta scores);
         z_gamma = z_total - z_beta."""
 
         def probs(qx: Tensor, kx: Tensor) -> Tensor:
             return _probs(qx, kx, allowed, scaling)
 
-        p_total, z_total = self._attention_totals(layer, q, k, v, probs)
+        p_total, z_total = self._attention_totals(layer, at, q, k, v, probs)
         if self.opts.frozen_attention:
             assert p_total is not None
             p_rel = p_total
@@ -669,28 +788,33 @@ class _TwoPartPass(_Pass[Parts]):
         return fn(x[0]), fn(x[1])
 
     # -- sources --------------------------------------------------------------------------------
-    def _patch_at(self, layer: int) -> tuple[Tensor, Tensor]:
-        """(mask, mu) of the layer's sources at the pass's positions."""
+    def _patch_at(self, layer: int, at: Positions) -> tuple[Tensor, Tensor]:
+        """(mask `[S, B, T, H]`, mu) of the layer's sources at the positions `at`."""
         patch = self.patch[layer]
-        if not self.pruned:
+        if at.readout is None:
             return patch.mask, patch.mu
         mu = self.rows_at_readout(patch.mu) if patch.mu.dim() == 4 else patch.mu
         return self.at_readout(patch.mask), mu
 
-    def _project_z(self, layer: int, o: Affine, z: Parts) -> Parts:
+    @check_shapes
+    def hook_z(
+        self, layer: int, at: Positions, z: Annotated[Parts, "#S B T H dh"]
+    ) -> Annotated[Parts, "S B T H dh"]:
         """At the sources, the relevant part of z is z - mu and the rest is mu."""
-        if layer in self.patch:
-            mask, mu = self._patch_at(layer)
-            total = self._z_total(layer, z)
-            m = mask.unsqueeze(-1)
-            z = (torch.where(m, total - mu, z[0]), torch.where(m, mu.expand_as(total), z[1]))
-        return super()._project_z(layer, o, z)
+        if layer not in self.patch:
+            return z
+        mask, mu = self._patch_at(layer, at)
+        total = self._z_total(layer, at, z)
+        m = mask.unsqueeze(-1)
+        return torch.where(m, total - mu, z[0]), torch.where(m, mu.expand_as(total), z[1])
 
-    def _propagate(self, x: Parts, start: int) -> tuple[Tensor, Tensor, list[Parts | None]]:
+    def _propagate(
+        self, x: Parts, start: int, from_cache: bool = False
+    ) -> tuple[Tensor, Tensor, list[Parts | None]]:
         """beta, gamma of the class logits `[S, B, n_labels]` and (with record_layers) every
         layer output from `start` on."""
-        x, layers = self.run_layers(x, start, keep=self.record_layers)
-        beta, gamma = self.readout(x)
+        x, at, layers = self.run_layers(x, start, self.record_layers, from_cache)
+        beta, gamma = self.readout(x, at)
         return beta, gamma, layers
 
 
@@ -714,19 +838,27 @@ class NaivePass(_TwoPartPass):
         # stream entering the layer for its length and dtype
         self.tensors[cache_key(layer, "in")] = x[1][:1]
 
-    def _gamma_w(self, key: str, gamma: Tensor, weight: Tensor) -> tuple[Tensor, bool]:
+    def _gamma_w(
+        self, key: str, at: Positions, gamma: Tensor, weight: Tensor
+    ) -> tuple[Tensor, bool]:
         return F.linear(gamma, weight), False
 
-    def _inv_std(self, key: str, x: Parts, spec: NormSpec) -> Tensor:
+    def _inv_std(self, key: str, at: Positions, x: Parts, spec: NormSpec) -> Tensor:
         return inv_std(x[0] + x[1], spec)
 
     def _attention_totals(
-        self, layer: int, q: Parts, k: Parts, v: Parts, probs: Callable[[Tensor, Tensor], Tensor]
+        self,
+        layer: int,
+        at: Positions,
+        q: Parts,
+        k: Parts,
+        v: Parts,
+        probs: Callable[[Tensor, Tensor], Tensor],
     ) -> tuple[Tensor | None, Tensor]:
         p_total = probs(q[0] + q[1], k[0] + k[1])
         return p_total, torch.matmul(p_total, v[0] + v[1]).transpose(2, 3)
 
-    def _z_total(self, layer: int, z: Parts) -> Tensor:
+    def _z_total(self, layer: int, at: Positions, z: Parts) -> Tensor:
         return z[0] + z[1]
 
 
@@ -739,53 +871,59 @@ class DecomposePass(_TwoPartPass):
     def __init__(self, engine: CDTEngine, cache: CleanCache, record_layers: bool) -> None:
         # recorded layer outputs need every position: prune only without them
         super().__init__(engine, _PassInput.of_cache(cache), record_layers, not record_layers)
-        self.head_columns: _HeadColumns | None = None
+        self.head_columns: _HeadColumns | None = None  # the start layer's, of the current run
 
     def run(
         self, source_sets: Sequence[Sequence[Source]], mu: Tensor
     ) -> tuple[Tensor, Tensor, list[Parts | None]]:
         self.patch = _source_patches(self.e.geo, source_sets, mu, self.attention_mask, self.dtype)
-        self.start = min(self.patch)
-        per_set = self.patch[self.start].mask.any(1).any(1)  # [S, H]
-        self.head_columns = _HeadColumns.of(self.e, self.start, per_set)
-        gamma = self.tensors[cache_key(self.start, "in")]
+        start = min(self.patch)
+        per_set = self.patch[start].mask.any(1).any(1)  # [S, H]
+        self.head_columns = _HeadColumns.of(self.e, start, per_set)
+        gamma = self.tensors[cache_key(start, "in")]
         # a real zero tensor, not an expanded view: the fused rules would compile a stride-0 variant
         beta = gamma.new_zeros(len(source_sets), *gamma.shape[1:])
-        return self._propagate((beta, gamma), self.start)
+        return self._propagate((beta, gamma), start, from_cache=True)
 
-    def _cached_z(self, layer: int) -> Parts:
-        z_total = self.cached(cache_key(layer, "z"))
-        return torch.zeros_like(z_total), z_total
-
-    def _project_z(self, layer: int, o: Affine, z: Parts) -> Parts:
-        if layer == self.start and self.head_columns is not None:
-            mask, mu = self._patch_at(layer)
-            return self._project_source_heads(layer, o, self._z_total(layer, z) - mu, mask)
-        return super()._project_z(layer, o, z)
-
-    def _project_source_heads(self, layer: int, o: Affine, diff: Tensor, mask: Tensor) -> Parts:
-        """Output projection of the start layer when each set is one head: beta there is
-        (z - mu) * mask on that head and zero elsewhere, so beta W_o needs only its columns."""
-        assert self.head_columns is not None
+    @check_shapes
+    def _start_output(self, layer: int, at: Positions, o: Affine) -> Annotated[Parts, "S B T D"]:
+        """The cached z (beta zero, nothing upstream is relevant), patched as `hook_z` patches
+        it. When each set is one head, beta there is (z - mu) * mask on that head and zero
+        elsewhere, so beta W_o needs only that head's columns."""
+        z_total = self.cached(cache_key(layer, "z"), at)
+        if self.head_columns is None:
+            z = self.hook_z(layer, at, (torch.zeros_like(z_total), z_total))
+            return self._project_z(layer, at, o, z)
+        mask, mu = self._patch_at(layer, at)
+        diff = z_total - mu
         heads = self.head_columns.heads  # [S]
         zh = diff[0][:, :, heads].permute(2, 0, 1, 3)  # diff [1, B, T, H, dh] -> [S, B, T, dh]
         keep = torch.gather(mask, 3, heads.view(-1, 1, 1, 1).expand(-1, *mask.shape[1:3], 1))
         zh = zh * keep.to(zh.dtype)  # = where(mask, z - mu, 0) without the slow `where`
         bw = self.head_columns.project(zh)
-        return self._bias_split(bw, self.cached(cache_key(layer, "o")), o.bias, from_total=True)
+        o_total = self.cached(cache_key(layer, "o"), at)
+        return self._bias_split(bw, o_total, o.bias, from_total=True)
 
-    def _gamma_w(self, key: str, gamma: Tensor, weight: Tensor) -> tuple[Tensor, bool]:
-        return self.cached(key), True
+    def _gamma_w(
+        self, key: str, at: Positions, gamma: Tensor, weight: Tensor
+    ) -> tuple[Tensor, bool]:
+        return self.cached(key, at), True
 
-    def _inv_std(self, key: str, x: Parts, spec: NormSpec) -> Tensor:
-        return self.cached(key)
+    def _inv_std(self, key: str, at: Positions, x: Parts, spec: NormSpec) -> Tensor:
+        return self.cached(key, at)
 
     def _attention_totals(
-        self, layer: int, q: Parts, k: Parts, v: Parts, probs: Callable[[Tensor, Tensor], Tensor]
+        self,
+        layer: int,
+        at: Positions,
+        q: Parts,
+        k: Parts,
+        v: Parts,
+        probs: Callable[[Tensor, Tensor], Tensor],
     ) -> tuple[Tensor | None, Tensor]:
         frozen = self.opts.frozen_attention
-        p_total = self.cached(cache_key(layer, "p"), dim=3) if frozen else None  # query dim 3
-        return p_total, self.cached(cache_key(layer, "z"))
+        p_total = self.cached(cache_key(layer, "p"), at, dim=3) if frozen else None  # query dim
+        return p_total, self.cached(cache_key(layer, "z"), at)
 
-    def _z_total(self, layer: int, z: Parts) -> Tensor:
-        return self.cached(cache_key(layer, "z"))
+    def _z_total(self, layer: int, at: Positions, z: Parts) -> Tensor:
+        return self.cached(cache_key(layer, "z"), at)
