@@ -12,7 +12,7 @@ import pytest
 from ctsft.errors import CtsftError
 from ctsft.report.figures import FIGURES, build_figures, tradeoff_points
 from ctsft.report.records import parse_path, read_records
-from ctsft.report.tables import build_tables
+from ctsft.report.tables import build_tables, to_latex, to_markdown
 
 
 def write_metrics(root: Path, rel: str, **values) -> Path:
@@ -187,3 +187,36 @@ def test_entry_points(grid, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert tables.main(["--out", str(tmp_path / "t"), str(tmp_path / "empty")]) == 2
     assert "error: no metrics.json found" in capsys.readouterr().err
+
+
+def test_table_writers_give_the_exact_text() -> None:
+    """tabulate writes unpadded pipe rows, labels left and values right; Styler a booktabs table
+    with the average row set apart and ±, →, %, _ escaped."""
+    display = pd.DataFrame(
+        [["ind → jav", "60.0 ± 14.1", "0.00"], ["average", "60.0", "0.31"]],
+        columns=["pair", "full_ft", "% params"],
+    )
+    assert to_markdown(display, "T") == (
+        "**T**\n\n| pair | full_ft | % params |\n|---|---:|---:|\n"
+        "| ind → jav | 60.0 ± 14.1 | 0.00 |\n| average | 60.0 | 0.31 |\n"
+    )
+    assert to_latex(display, "T_1: 50%", "t1") == "\n".join(
+        [
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\caption{T\_1: 50\%}",
+            r"\small",
+            r"\label{tab:t1}",
+            r"\begin{tabular}{lrr}",
+            r"\toprule",
+            r"pair & full\_ft & \% params \\",
+            r"\midrule",
+            r"ind $\to$ jav & 60.0 $\pm$ 14.1 & 0.00 \\",
+            r"\midrule",
+            r"average & 60.0 & 0.31 \\",
+            r"\bottomrule",
+            r"\end{tabular}",
+            r"\end{table}",
+            "",
+        ]
+    )

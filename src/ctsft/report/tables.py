@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
+from tabulate import DataRow, TableFormat
 
 from ctsft.layout import TABLE_FORGETTING, TABLE_FORMATS, TABLE_MECHANISM, TABLE_OF_TASK
 from ctsft.report.mechanism import COMPARISON_LABELS, COMPARISONS, mechanism_rows, read_mechanism
@@ -271,13 +272,33 @@ def forgetting_display(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _pipe_rule(widths: list[int], aligns: list[str | None]) -> str:
+    """The header rule of a pipe table: the first column (labels) left, the values right."""
+    return "|" + "|".join("---" if i == 0 else "---:" for i in range(len(widths))) + "|"
+
+
+# GitHub pipe tables with unpadded cells (tabulate's "pipe" pads every cell to its column's
+# width; unpadded rows keep the files small and grep-able, and they render the same). The
+# alignment is in the rule; the cells get no alignment (`colalign` None), hence no padding.
+PIPE = TableFormat(
+    lineabove=None,
+    linebelowheader=_pipe_rule,
+    linebetweenrows=None,
+    linebelow=None,
+    headerrow=DataRow("|", "|", "|"),
+    datarow=DataRow("|", "|", "|"),
+    padding=1,
+    with_header_hide=None,
+)
+
+
 def to_markdown(display: pd.DataFrame, title: str) -> str:
-    header = "| " + " | ".join(str(c) for c in display.columns) + " |"
-    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(display.columns))) + "|"
-    body = [
-        "| " + " | ".join(str(v) for v in row) + " |" for row in display.itertuples(index=False)
-    ]
-    return "\n".join([f"**{title}**", "", header, rule, *body, ""])
+    """The display table as a titled pipe table, written by tabulate (cells as given: no number
+    parsing, which would turn "0.00" into "0")."""
+    table = display.to_markdown(
+        index=False, tablefmt=PIPE, colalign=[None] * len(display.columns), disable_numparse=True
+    )
+    return f"**{title}**\n\n{table}\n"
 
 
 _LATEX_ESCAPES = {
@@ -297,25 +318,25 @@ def _latex_escape(text: str) -> str:
 
 
 def to_latex(display: pd.DataFrame, title: str, label: str) -> str:
-    """A booktabs table (no pandas/jinja dependency)."""
-    spec = "l" + "r" * (len(display.columns) - 1)
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\small",
-        rf"\caption{{{_latex_escape(title)}}}",
-        rf"\label{{tab:{label}}}",
-        rf"\begin{{tabular}}{{{spec}}}",
-        r"\toprule",
-        " & ".join(_latex_escape(c) for c in display.columns) + r" \\",
-        r"\midrule",
-    ]
-    for row in display.itertuples(index=False):
-        if str(row[0]) == "average":
-            lines.append(r"\midrule")
-        lines.append(" & ".join(_latex_escape(v) for v in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
-    return "\n".join(lines)
+    """A booktabs table written by pandas' `Styler.to_latex`, cells escaped by `_latex_escape`
+    (± and → as maths). Styler has no rule above one body row, so the rule that sets the
+    `average` row apart is added to its output."""
+    styler = (
+        display.style.hide(axis="index")
+        .format(_latex_escape)
+        .format_index(_latex_escape, axis=1)
+        .set_table_styles([{"selector": "small", "props": ":;"}], overwrite=False)
+    )
+    latex = styler.to_latex(
+        column_format="l" + "r" * (len(display.columns) - 1),
+        position="t",
+        position_float="centering",
+        hrules=True,
+        label=f"tab:{label}",
+        caption=_latex_escape(title),
+        environment="table",
+    )
+    return latex.replace("\naverage & ", "\n\\midrule\naverage & ", 1)
 
 
 def write_table(long: pd.DataFrame, display: pd.DataFrame, name: str, out_dir: Path) -> list[Path]:
