@@ -585,3 +585,247 @@ def test_unchanged_quick_config_is_still_valid():
     wc.validate_config(cfg, SCHEMA)
     wc.check_config(cfg)
     assert cfg["data_root"] is None and cfg["report"] == {"faithfulness": True}  # defaults
+
+
+# ---------------------------------------------------------------- typed values (ctsft.config_schema)
+@pytest.mark.parametrize(
+    "overrides, key, value",
+    [
+        (["method.train_norms=no"], "method.train_norms", False),
+        (["method=near_zero", "method.train_norms=off"], "method.train_norms", False),
+        (["method=full_ft", "model.freeze_embeddings=no"], "model.freeze_embeddings", False),
+        (["model.freeze_embeddings=yes"], "model.freeze_embeddings", True),
+        (["train.early_stopping=yes"], "train.early_stopping", True),
+        (["train.deterministic=false"], "train.deterministic", False),
+        (["cdt.correct_only=no"], "cdt.correct_only", False),
+    ],
+)
+def test_booleans_are_read_as_booleans(overrides, key, value):
+    """`no` is false: a non-empty string would be truthy, the opposite of the request."""
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.select(compose(overrides), key) is value
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.deterministic=abc", "bad config value train.deterministic='abc': expected a boolean (true or false)"),
+        ("train.early_stopping=maybe", "bad config value train.early_stopping='maybe': expected a boolean (true or false)"),
+        ("method.train_norms=nope", "bad config value method.train_norms='nope': expected a boolean (true or false)"),
+        ("train.max_steps=many", "bad config value train.max_steps='many': expected null or an integer >= 1"),
+        ("seed=abc", "bad config value seed='abc': expected an integer >= 0"),
+        ("train.lrr=1e-4", "bad config override train.lrr=1e-4: unknown key lrr in train (config/hydra/train/); did you mean lr?"),
+        ("method.kv_polcy=frozen", "bad config override method.kv_polcy=frozen: unknown key kv_polcy in method (config/hydra/method/); did you mean kv_policy?"),
+        ("trian.lr=1", "bad config override trian.lr=1: unknown key trian at the top level; did you mean train?"),
+        ("io.checkpont=x", "bad config override io.checkpont=x: unknown key checkpont in io (config/hydra/ctsft.yaml); did you mean checkpoint or proxy_checkpoint?"),
+    ],
+)  # fmt: skip
+def test_wrong_types_and_unknown_keys_are_one_line(override, message):
+    with pytest.raises(CtsftError) as err:
+        compose([override])
+    assert str(err.value) == message
+
+
+def test_the_workflow_adds_its_io_paths_with_double_plus():
+    cfg = compose(["++io.new_output=/tmp/x", "io.checkpoint=/tmp/c"])
+    assert cfg.io.new_output == "/tmp/x" and cfg.io.checkpoint == "/tmp/c"
+
+
+@pytest.fixture
+def user_config_dir(tmp_path, monkeypatch) -> Path:
+    """A copy of config/hydra a user adds method YAMLs to ($CTSFT_CONFIG_DIR)."""
+    import shutil
+
+    folder = tmp_path / "hydra"
+    shutil.copytree(REPO / "config" / "hydra", folder)
+    monkeypatch.setenv(wc.CONFIG_DIR_ENV, str(folder))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (   # the docs' own example, misspelt: it used to train with kv_policy: shared
+            "defaults:\n  - ctsft\n  - _self_\nname: mine\nkv_polcy: frozen\n",
+            "mine.yaml: unknown key kv_polcy; did you mean kv_policy?",
+        ),
+        (   # no defaults list: typed by its kind's schema all the same
+            "name: mine\nkind: heads\nheads: circuit\nkv_policy: shared\ntrain_norm: true\n",
+            "mine.yaml: unknown key train_norm; did you mean train_norms?",
+        ),
+        (
+            "defaults:\n  - ctsft\n  - _self_\nname: mine\ntrain_norms: maybe\n",
+            "mine.yaml: bad config value method.train_norms='maybe': expected a boolean (true or false)",
+        ),
+        (
+            "name: mine\nkind: heads\nheads: circuit\ntrain_norms: false\n",
+            "mine.yaml: method.kv_policy has no value: set it there or pass method.kv_policy=<value>",
+        ),
+    ],
+    ids=["typo-with-defaults", "typo-without-defaults", "bad-boolean", "key-missing"],
+)  # fmt: skip
+def test_a_bad_key_in_a_user_method_yaml_names_the_file(user_config_dir, text, message):
+    (user_config_dir / "method" / "mine.yaml").write_text(text)
+    with pytest.raises(CtsftError) as err:
+        compose(["method=mine"])
+    assert str(err.value) == f"{user_config_dir / 'method' / message}"
+
+
+def test_every_yaml_of_every_group_composes_typed():
+    """Each YAML extends its group's schema (or is typed by its method kind's)."""
+    import dataclasses as dc
+
+    from omegaconf import OmegaConf
+
+    from ctsft.config_schema import GROUP_SCHEMAS, METHOD_SCHEMAS
+    from ctsft.train.methods import KINDS
+
+    assert set(METHOD_SCHEMAS) == set(KINDS)
+    for group in [*GROUP_SCHEMAS, "method"]:
+        for name in sorted(p.stem for p in (REPO / "config" / "hydra" / group).glob("*.yaml")):
+            option = "hub:org/name" if name == "hub" else name
+            node = compose([f"{group}={option}"])[group]
+            schema = OmegaConf.get_type(node)
+            assert dc.is_dataclass(schema), f"{group}/{name}.yaml extends no schema"
+            if group == "method":
+                assert schema is METHOD_SCHEMAS[node.kind], name
+
+
+# ---------------------------------------------------------------- every job's config, up front
+def job_config_error(cfg: dict, warn=None) -> str:
+    """The one-line message of the up-front composition of every job's config (common.smk)."""
+    from snakemake.exceptions import WorkflowError
+
+    from ctsft.job_configs import check_job_configs
+
+    wc.validate_config(cfg, SCHEMA)
+    wc.check_config(cfg)
+    with pytest.raises(WorkflowError) as err:
+        check_job_configs(cfg, None, warn or (lambda m: None))
+    message = str(err.value)
+    assert "\n" not in message.strip(), message
+    return message
+
+
+def tiny() -> dict:
+    return yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c.update(ks=[1.5]), "config: ks[0]: bad config value cdt.k=1.5: expected a head count (an integer >= 1) or a fraction in (0, 1]"),
+        (lambda c: c.update(ks=[2, 99]), "config: ks[1] is 99, more heads than tiny_bert has (8): use at most 8, or a fraction such as 0.05"),
+        (
+            lambda c: c["methods"].append({"name": "mine", "circuit": True, "overrides": ["method=ctsft", "method.train_norms=maybe"]}),
+            "config: methods[4] (mine).overrides: bad config value method.train_norms='maybe': expected a boolean (true or false)",
+        ),
+        (
+            lambda c: c["methods"].append({"name": "mine", "circuit": True, "overrides": ["method=ctsft", "method.kv_polcy=frozen"]}),
+            "config: methods[4] (mine).overrides: bad config override method.kv_polcy=frozen: unknown key kv_polcy in method (config/hydra/method/); did you mean kv_policy?",
+        ),
+        (
+            lambda c: c["hydra_overrides"].update(transfer=["train=tiny", "train.lr=[1e-4"]),
+            "config: hydra_overrides.transfer[1]: malformed override 'train.lr=[1e-4': no viable alternative at input '[1e-4'",
+        ),
+        (
+            lambda c: c["hydra_overrides"].update(finetune=["train.epochs=two"]),
+            "config: hydra_overrides.finetune[0]: bad config value train.epochs='two': expected an integer >= 0",
+        ),
+        (
+            lambda c: c["experiments"][0].update(hydra_overrides={"evaluate": ["task.eval_size=-1"]}),
+            "config: experiments[0].hydra_overrides.evaluate[0]: bad config value task.eval_size=-1: expected null or an integer >= 0",
+        ),
+        (
+            lambda c: c["hydra_overrides"].update(all=["train=quik"]),
+            "config: hydra_overrides.all[0]: unknown train=quik: choose one of default, quick, tiny",
+        ),
+    ],
+    ids=["k-fraction", "k-beyond-heads", "variant-boolean", "variant-unknown-key", "malformed",
+         "step-type", "experiment-range", "unknown-option"],
+)  # fmt: skip
+def test_every_job_config_is_checked_before_any_job(mutate, message):
+    cfg = tiny()
+    mutate(cfg)
+    assert job_config_error(cfg) == message
+
+
+def test_a_k_that_selects_every_head_warns():
+    from ctsft.job_configs import check_job_configs
+
+    for ks in ([1.0], [8]):
+        cfg = tiny()
+        cfg["ks"] = ks
+        wc.validate_config(cfg, SCHEMA)
+        warnings: list[str] = []
+        check_job_configs(cfg, None, warnings.append)
+        assert warnings == [
+            f"config: warning: ks[0] = {ks[0]} selects all 8 heads of tiny_bert: the circuit, "
+            "NearZero and random head sets are then the same heads"
+        ]
+    cfg = tiny()
+    wc.validate_config(cfg, SCHEMA)
+    warnings = []
+    check_job_configs(cfg, None, warnings.append)
+    assert warnings == []
+
+
+def test_the_head_count_comes_from_the_prepared_folder_first(tmp_path):
+    from ctsft.job_configs import model_heads
+
+    assert model_heads(tmp_path, 144) == 144  # not prepared yet: the YAML's total_heads
+    (tmp_path / "config.json").write_text(
+        json.dumps({"num_hidden_layers": 3, "num_attention_heads": 5})
+    )
+    assert model_heads(tmp_path, 144) == 15
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"n_layer": 2, "n_head": 6}}))
+    assert model_heads(tmp_path, None) == 6 * 2
+
+
+def test_the_declared_head_counts_match_the_tiny_models():
+    from ctsft.config_files import group_config
+    from ctsft.models.registry import MODELS
+    from ctsft.models.tiny import tiny_config
+
+    for name, spec in MODELS.items():
+        if spec.tiny_arch:
+            c = tiny_config(spec.tiny_arch)
+            layers = getattr(c, "num_hidden_layers", None) or c.n_layer
+            heads = getattr(c, "num_attention_heads", None) or c.n_head
+            assert group_config("model", name)["total_heads"] == layers * heads, name
+
+
+def test_the_k_count_follows_the_circuit_selection():
+    from ctsft.circuit.selection import resolve_k
+    from ctsft.job_configs import check_ks
+
+    for k in (0.01, 0.05, 0.5, 1.0, 1, 3, 8, 8.0):
+        seen: list[str] = []
+        check_ks([k], 8, "m", seen.append)
+        assert bool(seen) == (resolve_k(k, 8) == 8), k
+
+
+def test_the_job_overrides_are_the_rules_overrides():
+    from ctsft.job_configs import _sourced
+
+    cfg = quick()
+    for step in ("finetune", "transfer", "evaluate", "mechanism", "prepare_model"):
+        for exp in [None, ("nusax", "ind"), ("xnli", "en")]:
+            assert [o for o, _ in _sourced(cfg, step, exp)] == wc.step_overrides(cfg, step, exp)
+
+
+def test_a_bad_variant_value_stops_snakemake_before_any_job(tmp_path):
+    cfg = tiny()
+    cfg["methods"][2]["overrides"] = ["method=ctsft", "method.train_norms=maybe"]
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    proc = dry_run(tmp_path, configfile=str(config_file))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert (
+        "config: methods[2] (ctsft).overrides: bad config value method.train_norms='maybe': "
+        "expected a boolean (true or false)"
+    ) in out
+    assert len(out.strip().splitlines()) < 10, out
+    assert_nothing_written(tmp_path)

@@ -11,22 +11,33 @@ the YAML file it is in), not an error deep inside torch.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from ctsft.config_schema import GROUP_SCHEMAS, METHOD_SCHEMAS, CtsftSchema, register
+from ctsft.config_files import group_config
+from ctsft.config_schema import (
+    GROUP_SCHEMAS,
+    METHOD_SCHEMAS,
+    CtsftSchema,
+    register,
+    schema_entries,
+)
 from ctsft.data.tasks import TaskSpec, get_task
 from ctsft.errors import CtsftError
 from ctsft.provenance import REPO_ROOT
@@ -268,9 +279,15 @@ def type_method(cfg: DictConfig, where: str) -> None:
         cfg.method = typed
 
 
-def check_complete(cfg: DictConfig, files: dict[str, str]) -> None:
-    """One line naming a key no YAML gave a value (`???`), and the group's file."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+def check_complete(
+    cfg: DictConfig, files: dict[str, str], groups: Iterable[str] | None = None
+) -> None:
+    """One line naming a key no YAML gave a value (`???`), and the group's file (`groups`: look
+    only there)."""
+    if groups is None:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    else:
+        missing = sorted(f"{g}.{k}" for g in groups for k in OmegaConf.missing_keys(cfg[g]))
     if missing:
         key = missing[0]
         group = key.split(".", 1)[0]
@@ -281,6 +298,13 @@ def check_complete(cfg: DictConfig, files: dict[str, str]) -> None:
 def compose(overrides: list[str] | None = None, config_name: str = "ctsft") -> DictConfig:
     """The composed, typed, value-checked config for `overrides` (Hydra syntax:
     `model=tiny_bert train.epochs=1`)."""
+    return compose_with_files(overrides, config_name)[0]
+
+
+def compose_with_files(
+    overrides: list[str] | None = None, config_name: str = "ctsft"
+) -> tuple[DictConfig, dict[str, str]]:
+    """`compose`, and the YAML file each group was read from (group -> path, for messages)."""
     register()
     overrides = hub_overrides(list(overrides or []))
     GlobalHydra.instance().clear()
@@ -297,16 +321,19 @@ def compose(overrides: list[str] | None = None, config_name: str = "ctsft") -> D
     with open_dict(cfg):
         del cfg["hydra"]
     files = {g: yaml_file(g, str(o)) for g, o in choices.items() if o and "/" not in g}
-    return finish(cfg, files)
+    return finish(cfg, files), files
 
 
-def finish(cfg: DictConfig, files: dict[str, str]) -> DictConfig:
-    """Type a schema-less method YAML, refuse keys without a value, check ranges (VALUE_CHECKS)."""
+def finish(
+    cfg: DictConfig, files: dict[str, str], groups: Iterable[str] | None = None
+) -> DictConfig:
+    """Type a schema-less method YAML, refuse keys without a value, check ranges (VALUE_CHECKS).
+    `groups`: only these groups can lack a value (the rest was checked already)."""
     check_values_first = "model" in cfg and OmegaConf.is_missing(cfg.model, "name")
     if check_values_first:
         check_values(cfg)  # model=hub without an id: its own message
     type_method(cfg, files.get("method", "config/hydra/method"))
-    check_complete(cfg, files)
+    check_complete(cfg, files, groups)
     OmegaConf.set_struct(cfg, True)
     check_values(cfg)
     return cfg
@@ -354,3 +381,77 @@ def require(cfg: DictConfig, *keys: str) -> list[str]:
             raise CtsftError(f"missing io.{key}: pass io.{key}=<path> on the command line")
         values.append(str(value))
     return values
+
+
+# ---------------------------------------------------------------- composing without Hydra's loader
+# The workflow composes every job's config before any job starts (ctsft.job_configs): one Hydra
+# composition per task, then each job's overrides applied to a copy, group options read from
+# their YAML into their schema (what Hydra does, at a fraction of its cost per job).
+def _chain_schema(group: str, name: str) -> Any:
+    """The schema a group YAML extends, through its defaults chain (None: extends none)."""
+    data = yaml.safe_load((config_dir() / group / f"{name}.yaml").read_text()) or {}
+    for item in data.get("defaults", []):
+        entry = schema_entries().get((group, str(item)))
+        found = entry or (None if str(item) == "_self_" else _chain_schema(group, str(item)))
+        if found is not None:
+            return found
+    return None
+
+
+def group_node(group: str, name: str) -> DictConfig:
+    """config/hydra/<group>/<name>.yaml typed by the schema it extends, as Hydra composes it."""
+    return copy.deepcopy(_group_node(str(config_dir()), group, name))
+
+
+@functools.lru_cache(maxsize=256)
+def _group_node(folder: str, group: str, name: str) -> DictConfig:
+    options = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    if name not in options:
+        raise CtsftError(f"unknown {group}={name}: choose one of {', '.join(options)}")
+    where = yaml_file(group, name)
+    schema = _chain_schema(group, name)
+    try:
+        data = group_config(group, name)
+        if schema is None:
+            return OmegaConf.create(data)
+        return OmegaConf.merge(OmegaConf.structured(schema), data)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        key = str(getattr(err, "key", "?"))
+        if "not in" in str(err):
+            close = close_keys(key, _schema_keys(schema))
+            raise CtsftError(f"{where}: unknown key {key}{close}") from None
+        value = getattr(err, "value", None)
+        raise CtsftError(f"{where}: {_value_error(f'{group}.{key}', value, schema)}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_override(text: str) -> Any:
+    """Hydra's reading of one override (an `Override`); one line when it is malformed."""
+    try:
+        return OverridesParser.create().parse_overrides([text])[0]
+    except HydraException as err:
+        first = str(err).strip().splitlines()[0]
+        raise CtsftError(f"malformed override {text!r}: {first}") from None
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str], files: dict[str, str]) -> None:
+    """Hydra overrides applied to a composed `cfg` in place: `group=option` replaces the group,
+    `key=value` sets a typed value (`++`/`+` add a key); one line (CtsftError) on the first bad
+    one. `files` records the YAML each group now comes from."""
+    for text in overrides:
+        item = _parse_override(text)
+        key = item.key_or_group
+        if item.is_sweep_override():
+            raise CtsftError(f"override {text}: a sweep (a,b) cannot be a job's value")
+        if item.is_delete():
+            continue
+        value = item.value()
+        try:
+            if key in GROUPS and item.package is None:
+                files[key] = yaml_file(key, str(value))
+                with open_dict(cfg):
+                    cfg[key] = group_node(key, str(value))
+            else:
+                OmegaConf.update(cfg, key, value, merge=True, force_add=item.is_force_add())
+        except OmegaConfBaseException as err:
+            raise CtsftError(compose_error(err, [text])) from None

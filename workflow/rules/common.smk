@@ -17,6 +17,9 @@ from ctsft.layout import (
     path,
     variant_name,
 )
+from snakemake.logging import logger
+
+from ctsft.job_configs import check_job_configs
 from ctsft.workflow_config import (
     check_config,
     hydra_quote,
@@ -47,8 +50,11 @@ GPUS_PER_JOB = int(config.get("gpus_per_job", 1))
 def _check_config():
     """What the schema cannot say (ctsft.workflow_config.check_config): unique names, targets
     other than the proxy, method variants that name their method and the circuit it needs.
+    Then every kind of job's Hydra config, composed once (ctsft.job_configs): a wrong type, an
+    unknown key or a k beyond the model's heads stops here, before any job runs.
     """
     check_config(config)
+    check_job_configs(config, path("model_dir", M=M, model=MODEL), logger.warning)
 
 
 _check_config()
