@@ -12,6 +12,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# The tests pick their device themselves: run inside a SLURM GPU allocation with a CPU build of
+# torch, every step would otherwise stop (ctsft.runtime.check_allocated_gpu; tests/test_device.py
+# fakes these variables where it checks that).
+for _gpu_variable in ("SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE"):
+    os.environ.pop(_gpu_variable, None)
 
 
 @pytest.fixture(scope="session")

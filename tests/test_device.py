@@ -231,3 +231,85 @@ def test_mu_of_a_bf16_runtime_gives_an_fp32_source_equal_to_it_a_zero_beta(
         old = mean_baseline(model, rows[:1], "position", 1)
     assert torch.count_nonzero(engine.decompose(batch, first, old).beta) > 0
     assert float(engine.decompose(batch, deeper, old).beta.abs().max()) > 100 * offset
+
+
+# ---------------------------------------------------------------- a GPU that was given is used
+GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_JOB_ID")
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """A machine where torch finds no CUDA, with none of the scheduler's GPU variables set."""
+    import ctsft.runtime as runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "_RESOLVED", {})
+    for name in GPU_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    "env, given",
+    [
+        ({"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0", "CUDA_VISIBLE_DEVICES": "0"}, "SLURM_JOB_GPUS=0"),
+        ({"SLURM_JOB_ID": "7", "SLURM_GPUS_ON_NODE": "2"}, "SLURM_GPUS_ON_NODE=2"),
+        ({"SLURM_JOB_ID": "7", "CUDA_VISIBLE_DEVICES": "0"}, "CUDA_VISIBLE_DEVICES=0"),
+    ],
+    ids=["job-gpus", "gpus-on-node", "visible-devices-in-a-job"],
+)  # fmt: skip
+def test_an_allocated_gpu_without_cuda_stops_the_step(no_cuda, env, given):
+    for name, value in env.items():
+        no_cuda.setenv(name, value)
+    no_cuda.setattr(torch.version, "cuda", None)  # a CPU build of torch
+    cfg = OmegaConf.create(
+        {"runtime": {"device": "auto", "precision": "auto", "attention": "auto"}}
+    )
+    with pytest.raises(CtsftError) as err:
+        runtime_from_cfg(cfg)
+    assert str(err.value) == (
+        f"{given}: this job was given a GPU, but the installed torch ({torch.__version__}) is a "
+        "CPU build: install a CUDA build of torch (pytorch.org), or run with the slurm-cpu "
+        "profile (no GPU jobs), or pass runtime.device=cpu to run on the CPU anyway"
+    )
+
+
+def test_a_cuda_build_without_a_driver_says_so(no_cuda):
+    from ctsft.runtime import check_allocated_gpu
+
+    no_cuda.setattr(torch.version, "cuda", "12.4")
+    with pytest.raises(CtsftError, match=r"^SLURM_JOB_GPUS=3: this job was given a GPU, but "
+                       r"torch .* \(CUDA 12.4\) finds no usable GPU \(NVIDIA driver or device "
+                       r"missing\): install a CUDA build"):  # fmt: skip
+        check_allocated_gpu({"SLURM_JOB_GPUS": "3"})
+
+
+def test_runtime_device_cpu_accepts_the_cpu(no_cuda):
+    no_cuda.setenv("SLURM_JOB_ID", "7")
+    no_cuda.setenv("SLURM_JOB_GPUS", "0")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"CUDA_VISIBLE_DEVICES": ""},
+        {"SLURM_JOB_ID": "7", "CUDA_VISIBLE_DEVICES": "NoDevFiles"},
+        {"SLURM_JOB_ID": "7", "SLURM_GPUS_ON_NODE": "0"},
+        {"SLURM_JOB_ID": "7"},  # a slurm-cpu job
+    ],
+    ids=["nothing", "empty", "no-dev-files", "zero-gpus", "cpu-job"],
+)
+def test_no_allocation_runs_on_the_cpu(no_cuda, env):
+    for name, value in env.items():
+        no_cuda.setenv(name, value)
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_visible_devices_outside_a_scheduler_job_only_warn(no_cuda, caplog):
+    """A shell or CI image may export CUDA_VISIBLE_DEVICES on a machine without a GPU."""
+    no_cuda.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with caplog.at_level("WARNING", logger="ctsft.runtime"):
+        assert resolve_device("auto") == torch.device("cpu")
+    assert "CUDA_VISIBLE_DEVICES=0 names a GPU, but" in caplog.text

@@ -6,7 +6,9 @@ GPU determinism are decided in one place. On a machine without CUDA the defaults
 exactly what the CPU code did before (cpu, fp32, eager attention), so CPU results do not move.
 
 - `device`: `auto` (CUDA when available, else CPU) | `cpu` | `cuda` | `cuda:N`. `auto` and `cuda`
-  take a free GPU from `ctsft.gpu_slots`, so concurrent local jobs never share one.
+  take a free GPU from `ctsft.gpu_slots`, so concurrent local jobs never share one. `auto`
+  without CUDA in a job the scheduler gave a GPU stops (`check_allocated_gpu`): a GPU that was
+  given is used, or refused in one line, never held while the job runs on the CPU.
 - `precision`: `auto` (bf16 on CUDA, fp32 on CPU) | `fp32` | `bf16` | `fp16`: the autocast dtype
   of forward passes in training and evaluation. Weights, span deltas and optimizer state stay
   fp32 (master weights); fp16 adds a gradient scaler.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +67,62 @@ class Runtime:
 CPU = Runtime()
 
 
+#: what `CUDA_VISIBLE_DEVICES` holds when a scheduler gave no GPU
+_NO_GPU = ("", "-1", "NoDevFiles")
+
+
+def gpu_allocation(environ: Mapping[str, str] | None = None) -> str | None:
+    """`NAME=value` of the variable by which the scheduler gave this job a GPU, else None.
+
+    SLURM sets `SLURM_JOB_GPUS` (GPU indices) or `SLURM_GPUS_ON_NODE` (a count) for a job that
+    was given GPUs, and `CUDA_VISIBLE_DEVICES` inside it. Outside a scheduler job (no
+    `SLURM_JOB_ID`), `CUDA_VISIBLE_DEVICES` alone proves nothing (shells, CI images and
+    containers export it on machines without a GPU): it only gets a warning, see
+    `check_allocated_gpu`.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("SLURM_JOB_GPUS", "").strip():
+        return f"SLURM_JOB_GPUS={env['SLURM_JOB_GPUS'].strip()}"
+    if env.get("SLURM_GPUS_ON_NODE", "").strip() not in ("", "0"):
+        return f"SLURM_GPUS_ON_NODE={env['SLURM_GPUS_ON_NODE'].strip()}"
+    visible = env.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if env.get("SLURM_JOB_ID") and visible not in _NO_GPU:
+        return f"CUDA_VISIBLE_DEVICES={visible}"
+    return None
+
+
+def no_cuda_reason() -> str:
+    """Why `torch.cuda.is_available()` is False, in words."""
+    if torch.version.cuda is None:
+        return f"the installed torch ({torch.__version__}) is a CPU build"
+    return (
+        f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU "
+        "(NVIDIA driver or device missing)"
+    )
+
+
+def check_allocated_gpu(environ: Mapping[str, str] | None = None) -> None:
+    """`runtime.device=auto` found no CUDA: stop when the scheduler gave this job a GPU (a GPU
+    job must not run on the CPU for days while it holds one); warn when only
+    `CUDA_VISIBLE_DEVICES` names one outside a scheduler job."""
+    given = gpu_allocation(environ)
+    if given is not None:
+        raise CtsftError(
+            f"{given}: this job was given a GPU, but {no_cuda_reason()}: install a CUDA build "
+            "of torch (pytorch.org), or run with the slurm-cpu profile (no GPU jobs), or pass "
+            "runtime.device=cpu to run on the CPU anyway"
+        )
+    env = os.environ if environ is None else environ
+    visible = env.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if visible not in _NO_GPU:
+        log.warning(
+            "CUDA_VISIBLE_DEVICES=%s names a GPU, but %s: running on the CPU "
+            "(runtime.device=cpu silences this)",
+            visible,
+            no_cuda_reason(),
+        )
+
+
 def resolve_device(spec: str) -> torch.device:
     """`auto | cpu | cuda | cuda:N` as a torch device; `auto`/`cuda` take a free GPU slot."""
     spec = str(spec).strip().lower()
@@ -72,6 +130,8 @@ def resolve_device(spec: str) -> torch.device:
         spec.startswith("cuda:") and spec[5:].isdigit()
     ):
         raise CtsftError(f"runtime.device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    if spec == "auto" and not torch.cuda.is_available():
+        check_allocated_gpu()
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
