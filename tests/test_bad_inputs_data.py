@@ -535,6 +535,35 @@ def test_checkpoint_of_another_model_family(
     )
 
 
+def test_a_folder_without_provenance_proves_its_family_by_its_config(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A copied or hand-made folder (no provenance.json) used as another model is refused by
+    its own config.json's model_type, not accepted for any family."""
+    folder = tmp_path / "copied_qwen2"
+    shutil.copytree(tiny_model_dirs["tiny_qwen2"], folder)
+    (folder / "provenance.json").unlink(missing_ok=True)
+    one_line(
+        lambda: load_task_model(folder, "nusax", kind="causal", model_name="tiny_llama"),
+        f"model folder {folder} holds a qwen2 model",
+        "by its config.json, but model=tiny_llama is llama: set model= to the folder's model",
+    )
+    for accepted in ("tiny_qwen2", "hub:org/any"):  # its own family; a hub model: any family
+        assert load_task_model(folder, "nusax", kind="causal", model_name=accepted).kind == "causal"
+
+
+def test_every_registered_model_declares_its_family() -> None:
+    from ctsft.config_files import group_config
+    from ctsft.models.registry import MODELS
+    from ctsft.models.tiny import tiny_config
+
+    for name, spec in MODELS.items():
+        types = group_config("model", name)["model_types"]
+        assert types, name
+        if spec.tiny_arch:
+            assert types == [tiny_config(spec.tiny_arch).model_type], name
+
+
 def test_checkpoint_of_another_task(checkpoint: Path) -> None:
     one_line(
         lambda: load_task_model(checkpoint, "xnli"),

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ctsft.config_files import config_dir, group_config
 from ctsft.errors import CtsftError
 
 MU_KEY = "mu"
@@ -418,6 +419,7 @@ def check_checkpoint(
             rule,
         )
     _check_made_from(path, meta, model, rule)
+    _check_family(path, config, model, rule)
     if kind not in ("encoder", "causal"):
         raise CtsftError(f"model kind must be 'encoder' or 'causal', got {kind!r}")
     return kind
@@ -481,6 +483,24 @@ def _check_record(path: Path, meta: dict[str, Any], task: str, kind: str | None,
             rule,
         )
     return str(meta["kind"])
+
+
+def _check_family(path: Path, config: dict[str, Any], model: str | None, rule: str) -> None:
+    """The folder's own config.json proves its family: its model_type must be one the registered
+    model's YAML lists (`model_types`), so a copied or hand-made folder without provenance.json
+    cannot pass for another model."""
+    yaml_file = config_dir() / "model" / f"{model}.yaml"
+    if model is None or not yaml_file.is_file():
+        return  # no model named, or a hub model: any supported family
+    expected = group_config("model", model).get("model_types") or []
+    model_type = config.get("model_type")
+    if expected and model_type not in expected:
+        archs = ", ".join(map(str, config.get("architectures") or [])) or "no architectures"
+        raise CtsftError(
+            f"model folder {path} holds a {model_type} model ({archs}) by its config.json, but "
+            f"model={model} is {' or '.join(expected)}: set model= to the folder's model, or "
+            f"{forcerun(rule)}"
+        )
 
 
 def _check_made_from(path: Path, meta: dict[str, Any] | None, model: str | None, rule: str) -> None:

@@ -41,6 +41,7 @@ class ModelSchema:
     kind: str = MISSING
     freeze_embeddings: bool = MISSING
     total_heads: int | None = MISSING
+    model_types: list[str] | None = MISSING
 
 
 @dataclass
