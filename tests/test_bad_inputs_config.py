@@ -528,6 +528,54 @@ def test_the_workflow_script_reports_disk_full_in_one_line(tmp_path, capfd):
     assert not (tmp_path / "circuit.json").exists()
 
 
+def _wrapped_disk_full(path: str) -> Exception:
+    """torch.save's wording of a full disk: its own RuntimeError, raised from the OSError."""
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+    except OSError as err:
+        try:
+            raise RuntimeError("[enforce fail at inline_container.cc:595] unexpected pos") from err
+        except RuntimeError as wrapped:
+            return wrapped
+
+
+@pytest.mark.parametrize(
+    "exc, shown",
+    [
+        (lambda p: _wrapped_disk_full(p), "{p}"),
+        (lambda p: RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"), "the output"),
+    ],
+    ids=["torch-save", "safetensors"],
+)  # fmt: skip
+def test_a_wrapped_disk_full_is_named_in_the_terminal_line(tmp_path, capfd, exc, shown):
+    fake = types.ModuleType("fake_wrapped_disk_full")
+    fake.run = _raising(exc(str(tmp_path / "c")))
+    code, err, log = _run_step_script(tmp_path, fake, capfd)
+    where = shown.format(p=tmp_path / "c")
+    assert code == 2
+    assert err == (
+        f"error: no space left on device writing {where}: free space or set results_dir "
+        f"(log: {tmp_path / 'job.log'})\n"
+    )
+    assert "Traceback" in log
+    assert run_step(fake.run, ["threads=1"]) == 2  # and by hand
+    assert capfd.readouterr().err.startswith("error: no space left on device writing")
+
+
+def test_an_output_path_that_is_a_directory_is_one_line(tmp_path, capsys):
+    from ctsft.steps import select_circuit
+
+    scores, circuit = tmp_path / "scores.tsv", tmp_path / "circuit.json"
+    _write_scores(scores)
+    circuit.mkdir()  # a folder where the step writes its file
+    code = run_step(select_circuit.run, ["cdt.k=2", f"io.scores={scores}", f"io.circuit={circuit}"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"error: {circuit} is a directory where a file is to be written: remove or rename it\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["circuit.json", "scores.tsv"]
+
+
 def test_the_workflow_script_reports_out_of_memory_in_one_line(tmp_path, capfd):
     fake = types.ModuleType("fake_oom")
     fake.run = _raising(torch.OutOfMemoryError("CUDA out of memory"))

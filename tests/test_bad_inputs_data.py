@@ -455,6 +455,26 @@ def test_transfer_refuses_a_corrupt_circuit_and_writes_nothing(
     assert listing(tmp_path) == before
 
 
+def test_transfer_names_the_circuit_file_of_a_head_outside_the_model(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The same message as faithfulness and mechanism give: the file, the head, the fix."""
+    path = _circuit(tmp_path, circuit=[[0, 1], [2, 3]])
+    before = listing(tmp_path)
+    cfg = compose(
+        ["model=tiny_bert", "train=tiny", "method=ctsft", "task.train_size=12", "threads=1"]
+        + [f"io.proxy_checkpoint={tiny_model_dirs['tiny_bert']}", f"io.circuit={path}"]
+        + [f"io.checkpoint={tmp_path / 'ckpt'}"]
+    )
+    from ctsft.steps import transfer
+
+    message = one_line(lambda: transfer.run(cfg))
+    assert message == one_line(lambda: artifacts.read_circuit(path, GEO))
+    assert message.startswith(f"circuit file {path} names head (2, 3) in 'circuit', outside")
+    assert message.endswith("rerun with `snakemake --forcerun select_circuit`")
+    assert listing(tmp_path) == before
+
+
 # -- faithfulness and metrics --------------------------------------------------------------------
 FAITH = {
     "k": 2, "clean_accuracy": 0.5, "clean_margin": 0.1,

@@ -1,7 +1,8 @@
 """Shared plumbing of `python -m ctsft.steps.<step> [overrides...]` entry points.
 
-User errors (`CtsftError`) and resource faults (disk full, read-only or forbidden folders, out of
-memory) become one `error: ...` line and exit code 2; the workflow's run_step.py does the same.
+User errors (`CtsftError`) and resource faults (disk full, read-only or forbidden folders, an
+output path that is a directory, out of memory; also when a library wraps them in its own
+exception) become one `error: ...` line and exit code 2; the workflow's run_step.py does the same.
 """
 
 from __future__ import annotations
@@ -53,20 +54,46 @@ def _target(path: str | os.PathLike[str]) -> str:
     return str(Path(*parts))
 
 
-def resource_message(err: BaseException) -> str | None:
-    """One line for a resource fault (disk full, read-only, permission, memory), else None."""
-    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
-        return OOM_HINT
-    if not isinstance(err, OSError):
-        return None
-    path = _target(err.filename) if err.filename else "the output"
-    if err.errno == errno.ENOSPC:
-        return f"no space left on device writing {path}: free space or set results_dir"
-    if err.errno == errno.EROFS:
-        return f"read-only file system: cannot write {path}: set results_dir to a writable folder"
-    if err.errno == errno.EACCES:
-        return f"permission denied: {path}: make it writable or set results_dir elsewhere"
+#: errno of the faults a user fixes on the file system (the rest keep their traceback)
+_RESOURCE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EISDIR)
+#: how libraries that do not raise OSError (safetensors, torch.save) word a full disk
+_DISK_FULL = re.compile(r"No space left on device|os error 28|StorageFull|Disk quota exceeded")
+
+
+def _resource_error(err: BaseException) -> BaseException | None:
+    """The resource fault behind `err`: itself, or an exception it was raised from or while
+    handling (torch.save and safetensors wrap the OSError of a full disk in their own)."""
+    seen: set[int] = set()
+    chain: BaseException | None = err
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        if isinstance(chain, (MemoryError, torch.OutOfMemoryError)):
+            return chain
+        if isinstance(chain, OSError) and chain.errno in _RESOURCE_ERRNOS:
+            return chain
+        if _DISK_FULL.search(str(chain)):
+            return OSError(errno.ENOSPC, "No space left on device")
+        chain = chain.__cause__ or chain.__context__
     return None
+
+
+def resource_message(err: BaseException) -> str | None:
+    """One line for a resource fault (disk full, read-only, permission, memory, a file path that
+    is a directory), else None."""
+    fault = _resource_error(err)
+    if fault is None:
+        return None
+    if not isinstance(fault, OSError):
+        return OOM_HINT
+    target = getattr(fault, "filename2", None) or fault.filename
+    path = _target(target) if target else "the output"
+    if fault.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on device writing {path}: free space or set results_dir"
+    if fault.errno == errno.EROFS:
+        return f"read-only file system: cannot write {path}: set results_dir to a writable folder"
+    if fault.errno == errno.EACCES:
+        return f"permission denied: {path}: make it writable or set results_dir elsewhere"
+    return f"{path} is a directory where a file is to be written: remove or rename it"
 
 
 def usage(step: Callable[[DictConfig], object]) -> str:
@@ -102,7 +129,7 @@ def run_step(step: Callable[[DictConfig], object], argv: list[str] | None = None
     except CtsftError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (OSError, MemoryError, torch.OutOfMemoryError) as err:
+    except Exception as err:  # a resource fault as one line; anything else: its traceback
         message = resource_message(err)
         if message is None:
             raise

@@ -59,7 +59,7 @@ def run_training(
     """Train `method_cfg` on `lang`'s train split starting from `init_dir`; write `checkpoint`
     (with `store_trained_only`, only what the method trained, relative to `init_dir`)."""
     model = load_start_model(cfg, init_dir)
-    circuit = load_circuit(circuit_path) if circuit_path else None
+    circuit = load_circuit(circuit_path, model.adapter.geometry) if circuit_path else None
     plan = build_plan(
         model.hf,
         model.adapter,
