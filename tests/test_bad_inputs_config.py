@@ -877,3 +877,56 @@ def test_a_bad_variant_value_stops_snakemake_before_any_job(tmp_path):
     ) in out
     assert len(out.strip().splitlines()) < 10, out
     assert_nothing_written(tmp_path)
+
+
+# ---------------------------------------------------------------- profile placeholders
+def test_placeholders_left_in_a_profile_are_named():
+    from snakemake.exceptions import WorkflowError
+
+    from ctsft.profile_check import check_profile
+
+    argv = ["snakemake", "--workflow-profile", "workflow/profiles/slurm-cpu"]
+    default = ["tmpdir=system_tmpdir", "slurm_partition=cpu", "slurm_account=<account>"]
+    with pytest.raises(WorkflowError) as err:
+        check_profile(default, {}, argv, WorkflowError, print)
+    assert str(err.value) == (
+        "profile workflow/profiles/slurm-cpu/config.yaml: default-resources: slurm_account is "
+        "still the placeholder '<account>': fill it in, or delete that line if your cluster has "
+        "no accounts"
+    )
+    gpu = {"finetune": {"slurm_partition": types.SimpleNamespace(raw="<gpu-partition>")}}
+    with pytest.raises(WorkflowError, match="set-resources: finetune: slurm_partition is still"):
+        check_profile(default[:2], gpu, [*argv, "--cores", "2"], WorkflowError, print)
+    warned: list[str] = []
+    check_profile(default, gpu, [*argv, "-n"], WorkflowError, warned.append)  # a dry run
+    assert warned and warned[0].startswith("warning: profile workflow/profiles/slurm-cpu/")
+    assert warned[0].endswith("(1 more: set-resources: finetune: slurm_partition)")
+    check_profile(default[:2], {}, argv, WorkflowError, warned.append)  # filled in: nothing
+    assert len(warned) == 1
+
+
+def test_a_submission_through_an_unfilled_profile_stops_before_any_job(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    proc = subprocess.run(
+        [SNAKEMAKE, "--workflow-profile", "workflow/profiles/slurm-cpu", "--configfile",
+         "config/tiny.yaml", "--config", f"results_dir={tmp_path}/r", f"models_dir={tmp_path}/m",
+         "--default-resources", "slurm_partition=cpu", "slurm_account=<account>"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert (
+        "profile workflow/profiles/slurm-cpu/config.yaml: default-resources: slurm_account is "
+        "still the placeholder '<account>'"
+    ) in out
+    assert "sbatch" not in out and len(out.strip().splitlines()) < 10, out
+    assert_nothing_written(tmp_path)
+    dry = subprocess.run(
+        [SNAKEMAKE, "-n", "--workflow-profile", "workflow/profiles/slurm-cpu", "--configfile",
+         "config/tiny.yaml", "--config", f"results_dir={tmp_path}/r", f"models_dir={tmp_path}/m"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert "warning: profile workflow/profiles/slurm-cpu/config.yaml: default-resources: " in (
+        dry.stdout + dry.stderr
+    )

@@ -3,6 +3,7 @@
 # path(<artifact>) with wildcards, its consumers name it as rules.<rule>.output where they can.
 
 import re
+import sys
 from pathlib import Path
 
 from ctsft.data.tasks import TASKS
@@ -17,9 +18,11 @@ from ctsft.layout import (
     path,
     variant_name,
 )
+from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from ctsft.job_configs import check_job_configs
+from ctsft.profile_check import check_profile
 from ctsft.workflow_config import (
     check_config,
     hydra_quote,
@@ -57,7 +60,22 @@ def _check_config():
     check_job_configs(config, path("model_dir", M=M, model=MODEL), logger.warning)
 
 
+def _check_profile():
+    """A cluster profile with `<...>` placeholders left in (ctsft.profile_check): a submission
+    stops in one line naming the key and the file, a dry run warns."""
+    settings = workflow.resource_settings
+    default = settings.default_resources
+    check_profile(
+        getattr(default, "args", None) or [],
+        settings.overwrite_resources or {},
+        sys.argv,
+        WorkflowError,
+        logger.warning,
+    )
+
+
 _check_config()
+_check_profile()
 
 
 def _alternatives(values):
