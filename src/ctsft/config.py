@@ -18,7 +18,7 @@ import functools
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import yaml
@@ -209,7 +209,13 @@ def _causes(err: BaseException) -> Iterable[BaseException]:
         err = err.__cause__ or err.__context__  # type: ignore[assignment]
 
 
-def compose_error(err: BaseException, overrides: list[str] = ()) -> str:  # type: ignore[assignment]
+def _names(override: str, key: str) -> bool:
+    """Whether `override` sets `key` or a key below it."""
+    name = override.lstrip("+~").split("=", 1)[0]
+    return name == key or name.startswith(f"{key}.")
+
+
+def compose_error(err: BaseException, overrides: Sequence[str] = ()) -> str:
     """One line for a Hydra/OmegaConf composition error: an unknown key or a value of the wrong
     type, in a YAML file (named) or an override; anything else as Hydra's first line."""
     text = str(err).strip()
@@ -238,9 +244,7 @@ def compose_error(err: BaseException, overrides: list[str] = ()) -> str:  # type
             group = parent.split(".", 1)[0]
             home = f"config/hydra/{group}/" if group in GROUPS else "config/hydra/ctsft.yaml"
             where = f"in {parent} ({home})" if parent else "at the top level"
-            given = next(
-                (o for o in overrides if o.lstrip("+").startswith(f"{full_key}")), full_key
-            )
+            given = next((o for o in overrides if _names(o, str(full_key))), full_key)
             return f"bad config override {given}: unknown key {leaf} {where}{close_keys(leaf, _schema_keys(schema))}"
         if type(cause).__name__ == "ValidationError":
             return _value_error(str(full_key), getattr(cause, "value", None), schema)

@@ -6,6 +6,9 @@ import re
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+
 from ctsft.data.tasks import TASKS
 from ctsft.layout import (
     CIRCUIT_JOB,
@@ -18,9 +21,6 @@ from ctsft.layout import (
     path,
     variant_name,
 )
-from snakemake.exceptions import WorkflowError
-from snakemake.logging import logger
-
 from ctsft.job_configs import check_job_configs
 from ctsft.profile_check import check_profile
 from ctsft.workflow_config import (
