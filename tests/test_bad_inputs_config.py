@@ -306,7 +306,7 @@ def test_the_allowed_values_follow_the_code_that_reads_them():
     from ctsft import config
     from ctsft.cdt.baseline import POOLINGS
     from ctsft.cdt.rules import CDTOptions
-    from ctsft.cdt.scores import SCORE_KINDS
+    from ctsft.facts import SCORE_KINDS
     from ctsft.train.loop import _SCHEDULES
 
     assert config.SCHEDULES == tuple(_SCHEDULES) and config.SCORES == SCORE_KINDS

@@ -16,8 +16,9 @@ import torch
 from test_cdt_engine import LABEL_IDS, make_batch, setup
 from test_train_masking import CIRCUIT, _method, _region_masks
 
-from ctsft.adapters import MODEL_TYPES, GPT2Adapter, get_adapter
+from ctsft.adapters import GPT2Adapter, get_adapter
 from ctsft.cdt import CDTOptions
+from ctsft.facts import MODEL_TYPES
 from ctsft.models.tiny import tiny_model
 from ctsft.train import build_plan
 

@@ -16,12 +16,13 @@ import torch
 
 from ctsft import workflow_config as wc
 from ctsft.config import compose
+from ctsft.config_files import method_needs_circuit, method_trains
 from ctsft.data import load_split
 from ctsft.errors import CtsftError
 from ctsft.models import load_task_model
 from ctsft.train import TrainConfig, Trainer, build_plan
 from ctsft.train import methods as registry
-from ctsft.train.methods import TrainEntry, method_needs_circuit, method_trains
+from ctsft.train.methods import TrainEntry
 
 REPO = Path(__file__).resolve().parents[1]
 CIRCUIT = {

@@ -13,8 +13,9 @@ from ctsft.artifacts import read_model_provenance, read_training_record, recorde
 from ctsft.data import load_split
 from ctsft.errors import CtsftError
 from ctsft.evaluate import predict
+from ctsft.facts import TASK_MODEL_FILE
 from ctsft.models import load_task_model
-from ctsft.models.task_model import TASK_MODEL_FILE, TaskModel
+from ctsft.models.task_model import TaskModel
 from ctsft.provenance import sha256_file
 from ctsft.steps.shared.training import model_origin
 

@@ -30,13 +30,14 @@ from test_train_masking import (
 
 from ctsft import workflow_config as wc
 from ctsft.config import compose
+from ctsft.config_files import method_needs_circuit, method_trains
 from ctsft.errors import CtsftError
 from ctsft.models import load_task_model
 from ctsft.models.task_model import TaskModel
 from ctsft.train import MaskedModel, TrainConfig, Trainer, build_plan
 from ctsft.train import methods as registry
 from ctsft.train.masking import SCATTER_HOLDER
-from ctsft.train.methods import TrainablePlan, method_needs_circuit, method_trains
+from ctsft.train.methods import TrainablePlan
 
 FAMILIES = ARCHES  # every tiny family (ctsft.models.tiny.TINY_ARCHES), GPT-2 included
 # q/k/v/o projections of BERT, the decoders (Llama, Qwen2, Gemma3) and GPT-2 (fused c_attn)

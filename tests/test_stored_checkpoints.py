@@ -19,9 +19,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_train_masking import ARCHES, CIRCUIT, _method
 
-from ctsft.artifacts import ADAPTER_FILE, TRAINED_FILE, WEIGHTS_FILE
 from ctsft.data import load_split
 from ctsft.errors import CtsftError
+from ctsft.facts import ADAPTER_FILE, TRAINED_FILE, WEIGHTS_FILE
 from ctsft.models import load_task_model
 from ctsft.models.checkpoint import own_weights, stored_record
 from ctsft.models.task_model import TaskModel, class_logits

@@ -30,17 +30,23 @@ from safetensors import SafetensorError, safe_open
 
 from ctsft.config_files import config_dir, group_config
 from ctsft.errors import CtsftError
+from ctsft.facts import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_FILE,
+    MODEL_TYPES,
+    PROVENANCE_FILE,
+    SCORE_KINDS,
+    TASK_MODEL_FILE,
+    TRAINED_FILE,
+    TSV_COLUMNS,
+    WEIGHTS_FILE,
+    WEIGHTS_INDEX,
+)
 
 MU_KEY = "mu"
 CIRCUIT_KEYS = ("k", "circuit", "near_zero", "random")
 FAITHFULNESS_KEYS = ("k", "clean_accuracy", "clean_margin", "circuit", "near_zero", "random")
 ABLATION_KEYS = ("accuracy", "margin_drop")
-WEIGHTS_FILE = "model.safetensors"
-TASK_MODEL_FILE = "task_model.json"  # a checkpoint's record (kind, task, read-out, training)
-WEIGHTS_INDEX = "model.safetensors.index.json"
-TRAINED_FILE = "trained.safetensors"  # a checkpoint that stores only what it trained
-ADAPTER_FILE = "adapter_model.safetensors"  # a LoRA checkpoint: a PEFT adapter
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
 class HeadGeometry(Protocol):
@@ -153,13 +159,11 @@ def read_mu(
 def read_scores(path: str | Path, geometry: HeadGeometry | None = None) -> Any:
     """The head score table (a `pandas.DataFrame`, integer layer/head, finite scores).
 
-    Checks: the columns of `ctsft.cdt.scores.TSV_COLUMNS`, numbers where numbers belong, no NaN,
+    Checks: the columns of `ctsft.facts.TSV_COLUMNS`, numbers where numbers belong, no NaN,
     known score kinds, every (layer, head) exactly once, a complete layer x head grid, and given
     `geometry`, exactly the model's heads.
     """
-    import pandas as pd
-
-    from ctsft.cdt.scores import SCORE_KINDS, TSV_COLUMNS
+    import pandas as pd  # deferred: models import this module, and bench_gpu runs without pandas
 
     what, rule = "head score table", "score_heads"
     path = Path(path)
@@ -355,7 +359,7 @@ def _recorded_model(folder: Path, meta: dict[str, Any] | None) -> str | None:
         model = ((meta.get("training") or {}).get("config") or {}).get("model")
         if isinstance(model, dict) and model.get("name"):
             return str(model["name"])
-    prov = folder / "provenance.json"
+    prov = folder / PROVENANCE_FILE
     if prov.is_file():
         try:
             name = json.loads(prov.read_text(encoding="utf-8")).get("model")
@@ -376,8 +380,6 @@ def check_checkpoint(
     would silently put a fresh classifier on a causal LM), an architecture that is not of that
     kind, or, given `model`, made from another registered model than `model`.
     """
-    from ctsft.adapters import MODEL_TYPES
-
     path = Path(folder)
     rule = checkpoint_rule(path)
     what = "model folder"
@@ -535,8 +537,6 @@ def read_training_record(folder: str | Path) -> dict[str, Any] | None:
 
 def read_model_provenance(folder: str | Path) -> dict[str, Any] | None:
     """The `provenance.json` that prepare_model writes into a model folder, or None without one."""
-    from ctsft.models.prepare import PROVENANCE_FILE
-
     path = Path(folder) / PROVENANCE_FILE
     if not path.is_file():
         return None

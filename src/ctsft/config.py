@@ -40,8 +40,9 @@ from ctsft.config_schema import (
 )
 from ctsft.data.tasks import TaskSpec, get_task
 from ctsft.errors import CtsftError
+from ctsft.facts import HUB_PREFIX, check_hub_id
 from ctsft.provenance import REPO_ROOT
-from ctsft.workflow_config import HUB_PREFIX, check_hub_id, config_dir
+from ctsft.workflow_config import config_dir
 
 
 def hub_overrides(overrides: list[str]) -> list[str]:

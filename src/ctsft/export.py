@@ -25,8 +25,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ctsft.artifacts import TASK_MODEL_FILE, read_training_record
+from ctsft.artifacts import read_training_record
 from ctsft.errors import CtsftError
+from ctsft.facts import TASK_MODEL_FILE
 from ctsft.io import atomic_path
 from ctsft.models.checkpoint import own_weights, stored_record
 from ctsft.models.task_model import load_task_model

@@ -14,24 +14,22 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ctsft.config_files import CONFIG_DIR_ENV as CONFIG_DIR_ENV  # re-exported
-from ctsft.config_files import config_dir, group_config
+from ctsft.config_files import config_dir, kind_facts, method_config, method_names
 from ctsft.data.tasks import DATA_ROOT_ENV, TASKS
+from ctsft.facts import HUB_PREFIX, check_hub_id
 from ctsft.provenance import REPO_ROOT
-
-HUB_PREFIX = "hub:"
 
 
 def __getattr__(name: str) -> Any:
     """`CIRCUIT_METHODS`: the method YAMLs that read a circuit JSON as composed (head methods,
     and LoRA, whose rank matches CT-SFT's budget unless `method.rank` is given), derived from the
-    method registry so that it cannot drift from the YAML."""
+    method kinds' facts so that it cannot drift from the YAML."""
     if name == "CIRCUIT_METHODS":
         return tuple(n for n in method_names() if method_facts(n, [])[0])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -191,16 +189,6 @@ def validate_config(config: dict, schema_file: str | os.PathLike[str]) -> None:
 
 
 # ---------------------------------------------------------------- semantic checks
-def method_names() -> list[str]:
-    """Values `method=` can take: the YAML files of config/hydra/method/."""
-    return sorted(p.stem for p in (config_dir() / "method").glob("*.yaml"))
-
-
-def method_config(name: str) -> dict[str, Any]:
-    """config/hydra/method/<name>.yaml as composed (see `group_config`)."""
-    return group_config("method", name)
-
-
 def variant_method_config(method: str, overrides: list[str]) -> dict[str, Any]:
     """`method_config(method)` with a variant's `method.<key>=<value>` overrides applied."""
     config = method_config(method)
@@ -213,11 +201,10 @@ def variant_method_config(method: str, overrides: list[str]) -> dict[str, Any]:
 
 def method_facts(method: str, overrides: list[str]) -> tuple[bool, bool]:
     """(needs a circuit, trains) of `method` with a variant's `method.<key>=<value>` overrides,
-    as the method registry (ctsft.train.methods) declares them."""
-    from ctsft.train.methods import method_needs_circuit, method_trains
-
+    as its kind declares them (`ctsft.facts.METHOD_KINDS`)."""
     config = variant_method_config(method, overrides)
-    return method_needs_circuit(config), method_trains(config)
+    facts = kind_facts(config)
+    return facts.needs_circuit(config), facts.trains
 
 
 def model_names() -> list[str]:
@@ -316,17 +303,6 @@ def check_config(config: dict) -> None:
 
 
 # ---------------------------------------------------------------- paths and overrides
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
-
-
-def check_hub_id(model: str, error: Callable[[str], Exception], prefix: str = "") -> str:
-    """The `<org>/<name>` of `hub:<org>/<name>`; raises `error(one line)` when malformed."""
-    hub_id = model[len(HUB_PREFIX) :]
-    if not HUB_ID.fullmatch(hub_id):
-        raise error(f"{prefix}model {model!r}: a hub model is hub:<org>/<name>")
-    return hub_id
-
-
 def model_slug(model: str) -> str:
     """The path component of a model: its name, or `hub--<org>--<name>` for `hub:<org>/<name>`."""
     if model.startswith(HUB_PREFIX):

@@ -16,30 +16,35 @@ from ctsft.adapters.bert import BertAdapter
 from ctsft.adapters.decoder import DecoderAdapter, apply_rotary
 from ctsft.adapters.gpt2 import GPT2Adapter
 from ctsft.errors import CtsftError
+from ctsft.facts import MODEL_TYPES
 
-_FAMILIES = {"bert": BertAdapter, "xlm-roberta": BertAdapter, "roberta": BertAdapter}
-_DECODERS = ("llama", "qwen2", "gemma3_text", "gemma3", "mistral")
-_CAUSAL_FAMILIES = {"gpt2": GPT2Adapter}
-#: `config.model_type`s by task-model kind (what a checkpoint of each kind may be).
-MODEL_TYPES = {"encoder": tuple(_FAMILIES), "causal": (*_DECODERS, *_CAUSAL_FAMILIES)}
+#: The adapter of each `config.model_type` (`ctsft.facts.MODEL_TYPES` lists them by kind, for the
+#: validators that must not import torch; a test keeps the two equal).
+ADAPTERS: dict[str, type[ArchAdapter]] = {
+    "bert": BertAdapter,
+    "xlm-roberta": BertAdapter,
+    "roberta": BertAdapter,
+    "llama": DecoderAdapter,
+    "qwen2": DecoderAdapter,
+    "gemma3_text": DecoderAdapter,
+    "gemma3": DecoderAdapter,
+    "mistral": DecoderAdapter,
+    "gpt2": GPT2Adapter,
+}
 
 
 def get_adapter(model: nn.Module) -> ArchAdapter:
     """The adapter for a Hugging Face model, by its `config.model_type`."""
     model_type = model.config.model_type
-    if model_type in _FAMILIES:
-        return _FAMILIES[model_type](model)
-    if model_type in _DECODERS:
-        return DecoderAdapter(model)
-    if model_type in _CAUSAL_FAMILIES:
-        return _CAUSAL_FAMILIES[model_type](model)
+    if model_type in ADAPTERS:
+        return ADAPTERS[model_type](model)
     raise CtsftError(
-        f"no architecture adapter for model_type {model_type!r}: supported are "
-        f"{', '.join([*_FAMILIES, *_DECODERS, *_CAUSAL_FAMILIES])}"
+        f"no architecture adapter for model_type {model_type!r}: supported are {', '.join(ADAPTERS)}"
     )
 
 
 __all__ = [
+    "ADAPTERS",
     "ArchAdapter",
     "AttentionParts",
     "BertAdapter",

@@ -6,7 +6,7 @@ mean baseline mu(s), the score is
     attr(s) = sum over real positions and d_head of  d margin / d a(s)  *  (a(s) - mu(s)),
 
 averaged over the examples, where margin = logit[gold] - mean(logit[other labels])
-(`ctsft.cdt.scores.gold_margin`). Replacing a(s) by mu(s) changes the margin by
+(`ctsft.cdt.margin.gold_margin`). Replacing a(s) by mu(s) changes the margin by
 -attr(s) + O(|a - mu|^2), so attr approximates the `ablation` score (positive = the head's
 deviation from mu pushes toward the gold label, like `directional`), from one forward and one
 backward pass per batch for all heads instead of one ablated forward per head.
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ctsft.adapters import ArchAdapter
 from ctsft.cdt.engine import CDTEngine
-from ctsft.cdt.scores import gold_margin  # scores imports this module inside score_heads
+from ctsft.cdt.margin import gold_margin
 from ctsft.errors import CtsftError
 from ctsft.models.task_model import class_logits
 

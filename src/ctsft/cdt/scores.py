@@ -25,23 +25,17 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from ctsft.cdt.attribution import attribution_scores, engine_logits
 from ctsft.cdt.engine import CDTEngine
+from ctsft.cdt.margin import gold_margin as gold_margin  # re-exported: the scores' margin
 from ctsft.errors import CtsftError
+from ctsft.facts import SCORE_KINDS, TSV_COLUMNS
 from ctsft.io import atomic_path
 
 if TYPE_CHECKING:  # pandas is imported where a table is built: the engine runs without it
     import pandas as pd
 
-ScoreKind = Literal["directional", "cdt_ratio", "ablation", "attribution"]
-SCORE_KINDS = ("directional", "cdt_ratio", "ablation", "attribution")
-TSV_COLUMNS = ["layer", "head", "score", "rank", "n_examples", "score_kind"]
-
-
-def gold_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """logit[gold] - mean(logit[other labels]) over the last dim; `labels` broadcast over leading dims."""
-    n = logits.shape[-1]
-    gold = torch.gather(logits, -1, labels.expand(logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
-    return gold - (logits.sum(-1) - gold) / (n - 1)
+ScoreKind = Literal["directional", "cdt_ratio", "ablation", "attribution"]  # facts.SCORE_KINDS
 
 
 def cdt_ratio(beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -100,8 +94,6 @@ def score_heads(
     if kind not in SCORE_KINDS:
         raise CtsftError(f"cdt.score must be one of {', '.join(SCORE_KINDS)}, got {kind!r}")
     if kind == "attribution":
-        from ctsft.cdt.attribution import attribution_scores, engine_logits  # imports this module
-
         return attribution_scores(engine_logits(engine), engine.adapter, batches, mu, progress)
     geo = engine.geo
     sums = torch.zeros(geo.n_layers, geo.n_heads, dtype=torch.float64, device=engine.device)

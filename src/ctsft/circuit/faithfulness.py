@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ctsft.cdt.engine import CDTEngine
-from ctsft.cdt.scores import gold_margin
+from ctsft.cdt.margin import gold_margin
 
 
 def ablation_report(

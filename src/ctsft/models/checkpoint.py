@@ -38,14 +38,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ctsft.artifacts import (
-    ADAPTER_FILE,
-    TASK_MODEL_FILE,
-    TRAINED_FILE,
-    WEIGHTS_FILE,
-    forcerun,
-)
+from ctsft.artifacts import forcerun
 from ctsft.errors import CtsftError
+from ctsft.facts import ADAPTER_FILE, TASK_MODEL_FILE, TRAINED_FILE, WEIGHTS_FILE
 from ctsft.provenance import sha256_file
 
 #: `format` of a checkpoint record: which files hold its weights.

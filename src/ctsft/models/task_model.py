@@ -24,9 +24,10 @@ from transformers import (
 )
 
 from ctsft.adapters import ArchAdapter, get_adapter
-from ctsft.artifacts import TASK_MODEL_FILE, check_checkpoint, checkpoint_rule
+from ctsft.artifacts import check_checkpoint, checkpoint_rule
 from ctsft.data.tasks import TaskSpec, get_task
 from ctsft.errors import CtsftError
+from ctsft.facts import TASK_MODEL_FILE
 from ctsft.io import atomic_path
 from ctsft.models.checkpoint import FULL, StoredWeights, apply_stored, resolve_base, stored_record
 from ctsft.runtime import CPU, Runtime

@@ -20,17 +20,17 @@ from omegaconf import DictConfig
 from ctsft.artifacts import read_metrics, read_training_record
 from ctsft.cli import run_step
 from ctsft.config import coordinates, require, task_spec, to_dict
+from ctsft.config_files import method_trains
 from ctsft.data import data_checksum, load_split, subsample
 from ctsft.errors import CtsftError
 from ctsft.evaluate import EVAL_SEED, classification_metrics, forgetting, predict
+from ctsft.facts import TASK_MODEL_FILE
 from ctsft.io import write_json
 from ctsft.models import load_task_model
 from ctsft.models.checkpoint import own_weights
-from ctsft.models.task_model import TASK_MODEL_FILE
 from ctsft.provenance import provenance, sha256_file
 from ctsft.runtime import oom_hint, runtime_from_cfg
 from ctsft.tracking import log_evaluation
-from ctsft.train.methods import method_trains
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ctsft.cli import run_step
 from ctsft.config import require
+from ctsft.config_files import method_config
 from ctsft.steps.shared.training import run_training
-from ctsft.workflow_config import method_config
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from omegaconf import DictConfig
 
 from ctsft.cli import run_step
 from ctsft.config import require
+from ctsft.config_files import method_needs_circuit, method_trains
 from ctsft.errors import CtsftError
 from ctsft.steps.shared.training import run_training
-from ctsft.train.methods import method_needs_circuit, method_trains
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,7 @@
 """Training: methods as a registry of trainable-parameter plans, head-level masking, LoRA, the
 single loop.
 
-Names are imported on first use (PEP 562), so `ctsft.train.methods` (the registry the workflow's
-config check reads) loads without torch.
+Names are imported on first use (PEP 562), so importing one module does not load the others.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ _MODULES = {
     "masking": ("MaskedModel", "SpanDeltas"),
     "methods": (
         "HEAD_METHODS", "METHODS", "TrainablePlan", "TrainEntry", "build_plan", "circuit_heads",
-        "load_circuit", "register_kind",
+        "register_kind",
     ),
 }  # fmt: skip
 _HOMES = {name: module for module, names in _MODULES.items() for name in names}

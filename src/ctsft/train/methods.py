@@ -1,8 +1,9 @@
 """Methods as a registry: a method is a YAML of config/hydra/method/ whose `kind` names a
 registered plan builder; the kind, once, says what the method trains (a `TrainablePlan`, declared
-as data before anything is touched), whether it trains at all and whether it reads a circuit.
-Nothing else in the code names a method: the steps and the workflow ask `method_trains` and
-`method_needs_circuit`.
+as data before anything is touched). Whether it trains at all and whether it reads a circuit are
+torch-free facts of the kind (`ctsft.facts.METHOD_KINDS`), which the steps and the workflow ask
+through `ctsft.config_files.method_trains` and `method_needs_circuit`. Nothing else in the code
+names a method.
 
 Kinds (PEFT's `register_peft_method` is the model):
 - `all`: every parameter (`full_ft`: the proxy competence tuning and the continued-fine-tuning
@@ -32,7 +33,7 @@ every kind but `all`, so CT-SFT updates exactly heads + norms as in the paper, a
 and LoRA get the same treatment. `model.freeze_embeddings` freezes the token-embedding table in
 every method (including `full_ft`).
 
-This module imports no torch at import time: the workflow's config check reads the registry.
+This module imports no torch at import time (torch and numpy only in annotations and builders).
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ctsft.config_files import complete_method, method_config, method_names
 from ctsft.errors import CtsftError
+from ctsft.facts import METHOD_KINDS, KindFacts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -187,14 +189,6 @@ def embedding_parameter_names(hf_model: nn.Module) -> list[str]:
     return [n for n, p in hf_model.named_parameters() if p is table]
 
 
-def load_circuit(path: str | Path, geometry: Any = None) -> dict[str, Any]:
-    """The circuit JSON of the CD-T step; a one-line error when missing, malformed or (given
-    `geometry`) for another model (see `ctsft.artifacts.read_circuit`)."""
-    from ctsft.artifacts import read_circuit
-
-    return read_circuit(path, geometry)
-
-
 def circuit_heads(
     circuit: dict[str, Any], which: str, n_layers: int, n_heads: int
 ) -> list[tuple[int, int]]:
@@ -250,43 +244,32 @@ PlanBuilder = Callable[[TrainablePlan, PlanInputs], None]
 
 @dataclass(frozen=True)
 class MethodKind:
-    """A registered way of choosing what to train, and the two facts the workflow asks of it."""
+    """A registered way of choosing what to train, with its torch-free facts."""
 
     name: str
     build: PlanBuilder
-    trains: bool
-    needs_circuit: Callable[[Mapping[str, Any]], bool]
+    facts: KindFacts
 
 
 KINDS: dict[str, MethodKind] = {}
 
 
 def register_kind(
-    name: str,
-    *,
-    trains: bool = True,
-    needs_circuit: Callable[[Mapping[str, Any]], bool] = lambda method: False,
+    name: str, facts: KindFacts | None = None
 ) -> Callable[[PlanBuilder], PlanBuilder]:
-    """Register `build(plan, inputs)` as method kind `name` (a method YAML's `kind:`)."""
+    """Register `build(plan, inputs)` as method kind `name` (a method YAML's `kind:`).
+
+    Its facts (trains? reads a circuit?) are `ctsft.facts.METHOD_KINDS[name]`; a kind new to ctsft
+    passes its own (default: trains, reads no circuit), which are added there for the workflow.
+    """
 
     def register(build: PlanBuilder) -> PlanBuilder:
-        KINDS[name] = MethodKind(name, build, trains, needs_circuit)
+        kind_facts = facts or METHOD_KINDS.get(name) or KindFacts()
+        METHOD_KINDS[name] = kind_facts
+        KINDS[name] = MethodKind(name, build, kind_facts)
         return build
 
     return register
-
-
-def complete_method(method: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A method config as composed from its YAML; a bare `{"name": "ctsft", ...}` (a library
-    call) is read over the YAML of that name, so its defaults come from one place."""
-    if "kind" in method:
-        return method
-    from ctsft.workflow_config import method_config, method_names
-
-    name = str(method.get("name"))
-    if name not in method_names():
-        raise CtsftError(f"unknown method {name!r}: choose one of {', '.join(method_names())}")
-    return {**method_config(name), **method}
 
 
 def method_kind(method: Mapping[str, Any]) -> MethodKind:
@@ -295,16 +278,6 @@ def method_kind(method: Mapping[str, Any]) -> MethodKind:
     if kind not in KINDS:
         raise CtsftError(f"method {method.get('name')!r} has kind {kind!r}: set method.kind to one of {', '.join(KINDS)}")  # fmt: skip
     return KINDS[kind]
-
-
-def method_trains(method: Mapping[str, Any]) -> bool:
-    """False for a method that evaluates its starting checkpoint as is (zero-shot)."""
-    return method_kind(method).trains
-
-
-def method_needs_circuit(method: Mapping[str, Any]) -> bool:
-    """True when the method reads the circuit JSON of the CD-T step."""
-    return method_kind(method).needs_circuit(complete_method(method))
 
 
 @register_kind("all")
@@ -316,7 +289,7 @@ def _plan_all(plan: TrainablePlan, inputs: PlanInputs) -> None:
     ]
 
 
-@register_kind("heads", needs_circuit=lambda method: True)
+@register_kind("heads")
 def _plan_heads(plan: TrainablePlan, inputs: PlanInputs) -> None:
     geo = inputs.adapter.geometry
     circuit = inputs.need_circuit("trains selected heads")
@@ -327,9 +300,13 @@ def _plan_heads(plan: TrainablePlan, inputs: PlanInputs) -> None:
     )
 
 
-@register_kind("lora", needs_circuit=lambda method: method.get("rank") is None)
+@register_kind("lora")
 def _plan_lora(plan: TrainablePlan, inputs: PlanInputs) -> None:
-    from ctsft.train.lora import choose_rank, lora_count, lora_target_modules
+    from ctsft.train.lora import (  # deferred: torch and PEFT, only when a LoRA plan is built
+        choose_rank,
+        lora_count,
+        lora_target_modules,
+    )
 
     hf_model, adapter = inputs.hf_model, inputs.adapter
     plan.lora_modules = lora_target_modules(hf_model, adapter)
@@ -347,7 +324,7 @@ def _plan_lora(plan: TrainablePlan, inputs: PlanInputs) -> None:
     plan.trainable = lora_count(hf_model, plan.lora_modules, plan.lora_rank)
 
 
-@register_kind("none", trains=False)
+@register_kind("none")
 def _plan_none(plan: TrainablePlan, inputs: PlanInputs) -> None:
     """Nothing to train."""
 
@@ -402,7 +379,7 @@ def _method_seed(method: Mapping[str, Any]) -> int:
     return seed
 
 
-@register_kind("sparse_random", needs_circuit=lambda method: True)
+@register_kind("sparse_random")
 def _plan_sparse_random(plan: TrainablePlan, inputs: PlanInputs) -> None:
     """CT-SFT's head budget, spent on entries drawn uniformly from all attention projections."""
     import numpy as np
@@ -451,8 +428,6 @@ def build_plan(
 def __getattr__(name: str) -> tuple[str, ...]:
     """`METHODS` (every method YAML) and `HEAD_METHODS` (those of kind `heads`), read from
     config/hydra/method/ when first asked for, so they cannot drift from the YAML."""
-    from ctsft.workflow_config import method_config, method_names
-
     if name == "METHODS":
         return tuple(method_names())
     if name == "HEAD_METHODS":

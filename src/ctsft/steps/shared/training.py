@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ctsft.artifacts import recorded_base_model
+from ctsft.artifacts import read_circuit, recorded_base_model
 from ctsft.config import task_spec, to_dict
 from ctsft.data import data_checksum, load_split, subsample
 from ctsft.models import load_task_model
@@ -15,7 +15,7 @@ from ctsft.models.task_model import TaskModel
 from ctsft.provenance import provenance, sha256_file
 from ctsft.runtime import oom_hint, runtime_from_cfg
 from ctsft.train.loop import TrainConfig, train_to_checkpoint
-from ctsft.train.methods import build_plan, load_circuit
+from ctsft.train.methods import build_plan
 
 
 def model_origin(folder: str | Path) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def run_training(
     """Train `method_cfg` on `lang`'s train split starting from `init_dir`; write `checkpoint`
     (with `store_trained_only`, only what the method trained, relative to `init_dir`)."""
     model = load_start_model(cfg, init_dir)
-    circuit = load_circuit(circuit_path, model.adapter.geometry) if circuit_path else None
+    circuit = read_circuit(circuit_path, model.adapter.geometry) if circuit_path else None
     plan = build_plan(
         model.hf,
         model.adapter,
