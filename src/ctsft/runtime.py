@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ctsft.errors import CtsftError
+from ctsft.gpu_slots import claim_gpu
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,6 @@ def resolve_device(spec: str) -> torch.device:
         )
     count = torch.cuda.device_count()
     if spec in ("auto", "cuda"):
-        from ctsft.gpu_slots import claim_gpu
-
         index = claim_gpu(count)
     else:
         index = int(spec[5:])

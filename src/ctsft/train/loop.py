@@ -34,6 +34,7 @@ from transformers import get_scheduler
 
 from ctsft.config_files import group_config
 from ctsft.errors import CtsftError
+from ctsft.evaluate import predict
 from ctsft.io import atomic_path
 from ctsft.models.checkpoint import StoredWeights, merge_lora
 from ctsft.models.task_model import TaskModel
@@ -344,8 +345,6 @@ class Trainer:
         return [[rows[i] for i in order[j : j + bs]] for j in range(0, len(order), bs)]
 
     def _accuracy(self, rows: list[dict[str, Any]]) -> float:
-        from ctsft.evaluate import predict
-
         preds, labels = predict(self.model, rows, self.config.eval_batch_size)
         self.model.train()
         return float((preds == labels).mean())
