@@ -467,7 +467,8 @@ def test_other_os_errors_keep_their_traceback():
 
 
 def _write_scores(path: Path) -> None:
-    from ctsft.cdt.scores import scores_table, write_scores
+    from ctsft.artifacts import write_scores
+    from ctsft.cdt.scores import scores_table
 
     write_scores(path, scores_table(torch.arange(8.0).reshape(2, 4), 4, "directional"))
 

@@ -21,8 +21,6 @@ from safetensors.torch import save_file
 from ctsft import artifacts
 from ctsft.adapters import Geometry
 from ctsft.cdt import scores_table
-from ctsft.cdt.baseline import save_mu
-from ctsft.cdt.scores import write_scores
 from ctsft.config import compose
 from ctsft.data import data_root, load_split
 from ctsft.errors import CtsftError
@@ -254,7 +252,9 @@ def test_a_language_absent_from_the_file(tmp_path: Path, xnli_lines: list[str]) 
 # -- mu ------------------------------------------------------------------------------------------
 def _mu(folder: Path, shape: tuple[int, ...] = (2, 4, 8), record: dict | None = None) -> Path:
     path = folder / "mu.safetensors"
-    save_mu(path, torch.randn(shape), {"shape": list(shape)} if record is None else record)
+    artifacts.write_mu(
+        path, torch.randn(shape), {"shape": list(shape)} if record is None else record
+    )
     return path
 
 
@@ -315,7 +315,7 @@ def test_mu_sidecar_missing_corrupt_or_mismatched(tmp_path: Path) -> None:
 # -- scores --------------------------------------------------------------------------------------
 def _scores(folder: Path, layers: int = 2, heads: int = 4) -> Path:
     path = folder / "scores.tsv"
-    write_scores(path, scores_table(torch.randn(layers, heads), 9, "directional"))
+    artifacts.write_scores(path, scores_table(torch.randn(layers, heads), 9, "directional"))
     return path
 
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
+from ctsft.artifacts import read_mu
 from ctsft.cdt import scores_table
-from ctsft.cdt.baseline import load_mu
 from ctsft.circuit.heatmap import plot_heatmap
 from ctsft.circuit.selection import resolve_k, select_heads
 from ctsft.config import compose
@@ -71,7 +71,7 @@ def test_discovery_steps_end_to_end(model: str, tiny_model_dirs: dict, tmp_path:
         + [f"io.{k}={v}" for k, v in io.items()]
     )  # fmt: skip
     mean_baseline.run(cfg)
-    mu, meta = load_mu(io["mu"])
+    mu, meta = read_mu(io["mu"])
     assert mu.shape == (2, 4, 8) and mu.abs().sum() > 0
     assert len(meta["discovery"]["ids"]) == 9 and sorted(set(meta["discovery"]["labels"])) == [
         0,

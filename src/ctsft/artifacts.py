@@ -1,20 +1,25 @@
-"""Validating readers of the artifacts one step hands to the next (one function per artifact).
+"""The one validating reader of each artifact one step hands to the next, beside its writer.
 
 Each reader either returns a well-formed artifact or raises a one-line `CtsftError` that names
 the file, says what is wrong with it and which rule remakes it (`snakemake --forcerun <rule>`),
 so a truncated, corrupt or mismatched file never becomes a traceback deep inside torch or
-pandas, nor a silently wrong result.
+pandas, nor a silently wrong result. There is no second reader of these formats (the lower layers
+that compute an artifact call the writer here), and the file names shared with other layers are
+in `ctsft.facts`.
 
-| artifact | rule | reader |
-|---|---|---|
-| `mu.safetensors` + `mu.safetensors.json` | mean_baseline | `read_mu` |
-| `scores.tsv` | score_heads | `read_scores` |
-| `k{k}/circuit.json` | select_circuit | `read_circuit` |
-| `k{k}/faithfulness.json` | faithfulness | `read_faithfulness` |
-| `metrics.json` | evaluate / evaluate_proxy | `read_metrics` |
-| a model folder (base model, theta_1, transferred) | prepare_model / finetune / transfer | `check_checkpoint` |
-| its training record (`task_model.json` -> `training`) | finetune / transfer | `read_training_record` |
-| its `provenance.json` (a prepared model) | prepare_model | `read_model_provenance` |
+| artifact | rule | writer | reader |
+|---|---|---|---|
+| `mu.safetensors` + `mu.safetensors.json` | mean_baseline | `write_mu` | `read_mu` |
+| `scores.tsv` (+ `scores.tsv.json`, `sidecar`) | score_heads | `write_scores` | `read_scores` |
+| `k{k}/circuit.json` | select_circuit | `io.write_json` | `read_circuit` |
+| `k{k}/faithfulness.json` | faithfulness | `io.write_json` | `read_faithfulness` |
+| `metrics.json` | evaluate / evaluate_proxy | `io.write_json` | `read_metrics` |
+| a model folder (base model, theta_1, transferred) | prepare_model / finetune / transfer | `ctsft.models` | `check_checkpoint` |
+| its training record (`task_model.json` -> `training`) | finetune / transfer | `ctsft.models` | `read_training_record` |
+| its `provenance.json` (a prepared model) | prepare_model | `ctsft.models.prepare` | `read_model_provenance` |
+
+Model folders are written by `ctsft.models` (torch and transformers code); the checks here read
+only their JSON records and safetensors headers, so every layer can call them.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from ctsft.config_files import config_dir, group_config
 from ctsft.errors import CtsftError
@@ -42,6 +48,10 @@ from ctsft.facts import (
     WEIGHTS_FILE,
     WEIGHTS_INDEX,
 )
+from ctsft.io import atomic_path, write_json
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: models import this module
+    import pandas as pd
 
 MU_KEY = "mu"
 CIRCUIT_KEYS = ("k", "circuit", "near_zero", "random")
@@ -106,10 +116,19 @@ def _safetensors_keys(path: Path) -> tuple[list[str] | None, str]:
         return None, (str(err).splitlines()[0] if str(err) else type(err).__name__)
 
 
-# -- mu ------------------------------------------------------------------------------------------
-def mu_sidecar(path: str | Path) -> Path:
-    """`<mu>.json`: the provenance record written next to mu (same convention as `save_mu`)."""
+def sidecar(path: str | Path) -> Path:
+    """`<artifact>.json`: the provenance record written next to mu and next to the score table."""
     return Path(str(path) + ".json")
+
+
+# -- mu ------------------------------------------------------------------------------------------
+def write_mu(path: str | Path, mu: torch.Tensor, record: dict[str, Any]) -> None:
+    """mu as safetensors plus its provenance record `<path>.json` (both written atomically)."""
+    write_json(sidecar(path), record)  # first: a failure never leaves mu without its record
+    with atomic_path(path) as tmp:
+        save_file(
+            {MU_KEY: mu.contiguous()}, str(tmp), metadata={"shape": json.dumps(list(mu.shape))}
+        )
 
 
 def read_mu(
@@ -135,7 +154,7 @@ def read_mu(
         raise _error(what, path, f"has shape {list(mu.shape)}, not [layer, head, d_head]", rule)
     if not mu.is_floating_point() or not bool(torch.isfinite(mu).all()):
         raise _error(what, path, "holds NaN or infinite values", rule)
-    record = _json_object("mean baseline record", mu_sidecar(path), rule)
+    record = _json_object("mean baseline record", sidecar(path), rule)
     recorded = record.get("shape")
     if recorded is not None and list(recorded) != list(mu.shape):
         raise _error(
@@ -156,14 +175,20 @@ def read_mu(
 
 
 # -- scores --------------------------------------------------------------------------------------
-def read_scores(path: str | Path, geometry: HeadGeometry | None = None) -> Any:
+def write_scores(path: str | Path, table: pd.DataFrame) -> None:
+    """The head score table (`ctsft.cdt.scores.scores_table`) as TSV, atomically."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.9g")
+
+
+def read_scores(path: str | Path, geometry: HeadGeometry | None = None) -> pd.DataFrame:
     """The head score table (a `pandas.DataFrame`, integer layer/head, finite scores).
 
     Checks: the columns of `ctsft.facts.TSV_COLUMNS`, numbers where numbers belong, no NaN,
     known score kinds, every (layer, head) exactly once, a complete layer x head grid, and given
     `geometry`, exactly the model's heads.
     """
-    import pandas as pd  # deferred: models import this module, and bench_gpu runs without pandas
+    import pandas as pd  # deferred: models import this module; bench_gpu runs without pandas
 
     what, rule = "head score table", "score_heads"
     path = Path(path)

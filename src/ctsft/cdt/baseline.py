@@ -6,19 +6,15 @@ cancels in the mean, so beta = a - mu isolates what an input adds over a label-n
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from ctsft.data import balanced_indices
 from ctsft.errors import CtsftError
 from ctsft.evaluate import predict
-from ctsft.io import atomic_path, write_json
 from ctsft.models.task_model import TaskModel
 
 if TYPE_CHECKING:  # datasets only in annotations: the engine imports without it
@@ -157,25 +153,3 @@ def mean_baseline(
         per_pos[:, reached] = pos_sums[:, reached] / pos_counts[reached, None, None]
         mu = per_pos
     return mu.to(device="cpu", dtype=torch.float32)
-
-
-def save_mu(path: str | Path, mu: torch.Tensor, record: dict[str, Any]) -> None:
-    """mu as safetensors plus a JSON provenance sidecar `<path>.json` (both written atomically)."""
-    write_json(sidecar(path), record)  # first: a failure never leaves mu without its record
-    with atomic_path(path) as tmp:
-        save_file({"mu": mu.contiguous()}, str(tmp), metadata={"shape": json.dumps(list(mu.shape))})
-
-
-def sidecar(path: str | Path) -> Path:
-    return Path(str(path) + ".json")
-
-
-def load_mu(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
-    """mu and its provenance record (empty if the sidecar is missing)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CtsftError(f"missing mean baseline {path}: run the mean_baseline step first")
-    mu = load_file(str(path))["mu"]
-    meta_path = sidecar(path)
-    record = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return mu, record

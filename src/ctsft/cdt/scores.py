@@ -19,8 +19,7 @@ cached decomposition, or `reference`, the authors' two-stream walk; docs/cdt_pat
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -30,7 +29,6 @@ from ctsft.cdt.engine import CDTEngine
 from ctsft.cdt.margin import gold_margin as gold_margin  # re-exported: the scores' margin
 from ctsft.errors import CtsftError
 from ctsft.facts import SCORE_KINDS, TSV_COLUMNS
-from ctsft.io import atomic_path
 
 if TYPE_CHECKING:  # pandas is imported where a table is built: the engine runs without it
     import pandas as pd
@@ -150,18 +148,6 @@ def scores_table(scores: torch.Tensor, n_examples: int, kind: str) -> pd.DataFra
     df["n_examples"] = n_examples
     df["score_kind"] = kind
     return df[TSV_COLUMNS]
-
-
-def write_scores(path: str | Path, table: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.9g")
-
-
-def read_scores(path: str | Path, geometry: Any = None) -> pd.DataFrame:
-    """The score table of `write_scores`, validated (see `ctsft.artifacts.read_scores`)."""
-    from ctsft.artifacts import read_scores as read_validated
-
-    return read_validated(path, geometry)
 
 
 def scores_matrix(df: pd.DataFrame) -> torch.Tensor:

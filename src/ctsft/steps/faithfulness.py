@@ -12,16 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from ctsft.artifacts import read_circuit, read_mu
+from ctsft.artifacts import read_circuit, read_mu, read_scores, sidecar
 from ctsft.cdt.baseline import batches
-from ctsft.cdt.scores import read_scores, score_heads, scores_matrix
+from ctsft.cdt.scores import score_heads, scores_matrix
 from ctsft.circuit.faithfulness import ablation_report, summarize_random
 from ctsft.circuit.selection import random_head_sets
 from ctsft.cli import run_step
@@ -61,10 +60,10 @@ def tsv_scores(
     """(kind, scores, seconds) of the TSV when score_heads computed one of the COMPARED kinds on
     this very discovery set (same mu) with the same CD-T options, so it need not run again; None
     otherwise. `compile` may differ: it fuses the same rules."""
-    sidecar = Path(str(scores_path) + ".json")
-    if not sidecar.is_file():
+    record_path = sidecar(scores_path)
+    if not record_path.is_file():
         return None
-    record = read_json(sidecar)
+    record = read_json(record_path)
     kind = str(table["score_kind"].iloc[0])
     options = {k: v for k, v in cdt_options(cfg).__dict__.items() if k != "compile"}
     recorded = {k: v for k, v in (record.get("options") or {}).items() if k != "compile"}

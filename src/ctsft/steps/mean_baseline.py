@@ -9,7 +9,8 @@ import logging
 
 from omegaconf import DictConfig
 
-from ctsft.cdt.baseline import mean_baseline, save_mu
+from ctsft.artifacts import write_mu
+from ctsft.cdt.baseline import mean_baseline
 from ctsft.cli import run_step
 from ctsft.config import require, to_dict
 from ctsft.data import data_checksum
@@ -45,7 +46,7 @@ def run(cfg: DictConfig) -> dict:
         discovery=discovery,
         config=to_dict(cfg),
     )
-    save_mu(mu_path, mu, record)
+    write_mu(mu_path, mu, record)
     log.info("mean baseline %s from %d examples -> %s", tuple(mu.shape), len(examples), mu_path)
     return record
 

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from ctsft.artifacts import read_circuit, read_mu
+from ctsft.artifacts import read_circuit, read_mu, read_scores
 from ctsft.cdt.baseline import batches, mean_baseline
-from ctsft.cdt.scores import read_scores, score_heads, scores_matrix, scores_table
+from ctsft.cdt.scores import score_heads, scores_matrix, scores_table
 from ctsft.circuit.selection import select_heads
 from ctsft.cli import run_step
 from ctsft.config import coordinates, require, to_dict

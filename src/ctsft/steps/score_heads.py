@@ -11,9 +11,9 @@ import time
 
 from omegaconf import DictConfig
 
-from ctsft.artifacts import read_mu
+from ctsft.artifacts import read_mu, sidecar, write_scores
 from ctsft.cdt.baseline import batches
-from ctsft.cdt.scores import score_heads, scores_table, write_scores
+from ctsft.cdt.scores import score_heads, scores_table
 from ctsft.circuit.heatmap import plot_heatmap
 from ctsft.circuit.selection import resolve_k, select_heads
 from ctsft.cli import run_step
@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> dict:
         mu_sha256=sha256_file(mu_path),
         options=dict(cdt_options(cfg).__dict__),
     )
-    write_json(str(scores_path) + ".json", record)
+    write_json(sidecar(scores_path), record)
     log.info("scored %d heads (%s) on %d examples -> %s", len(table), kind, n, scores_path)
     return record
 

@@ -9,7 +9,7 @@ import logging
 
 from omegaconf import DictConfig
 
-from ctsft.cdt.scores import read_scores
+from ctsft.artifacts import read_scores
 from ctsft.circuit.selection import select_heads
 from ctsft.cli import run_step
 from ctsft.config import coordinates, require, to_dict
