@@ -17,7 +17,7 @@ rule mean_baseline:
         runtime=60,
     params:
         step="mean_baseline",
-        overrides=overrides_proxy("mean_baseline", "mean_baseline"),
+        overrides=overrides_mean_baseline,
     script:
         "../scripts/run_step.py"
 
@@ -49,7 +49,7 @@ rule score_heads:
         runtime=240,
     params:
         step="score_heads",
-        overrides=overrides_proxy("score_heads", "score_heads"),
+        overrides=overrides_score_heads,
     script:
         "../scripts/run_step.py"
 
@@ -72,7 +72,7 @@ rule select_circuit:
         runtime=5,
     params:
         step="select_circuit",
-        overrides=overrides_circuit_size("select_circuit"),
+        overrides=overrides_select_circuit,
     script:
         "../scripts/run_step.py"
 
@@ -99,6 +99,6 @@ rule faithfulness:
         runtime=120,
     params:
         step="faithfulness",
-        overrides=overrides_circuit_size("faithfulness"),
+        overrides=overrides_faithfulness,
     script:
         "../scripts/run_step.py"

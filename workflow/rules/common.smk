@@ -299,36 +299,43 @@ def overrides_model(wildcards):
     return [model_override(wildcards)] + step_extras("prepare_model")
 
 
-def overrides_proxy(step, rule):
-    """Param function of a proxy-level step (seed = proxy_seed)."""
-
-    def overrides(wildcards):
-        ov = _common(wildcards, step, rule)
-        return ov + [
-            f"proxy={wildcards.proxy}",
-            f"target={wildcards.proxy}",
-            f"seed={PROXY_SEED}",
-        ]
-
-    overrides.__name__ = f"overrides_{rule}"
-    return overrides
+def _proxy(wildcards, step, rule):
+    """Overrides of a proxy-level job (seed = proxy_seed)."""
+    return _common(wildcards, step, rule) + [
+        f"proxy={wildcards.proxy}",
+        f"target={wildcards.proxy}",
+        f"seed={PROXY_SEED}",
+    ]
 
 
-def overrides_circuit_size(step):
-    """Param function of a job of one circuit size: cdt.k, and k as the record's coordinate."""
+def _circuit_size(wildcards, step):
+    """Overrides of a job of one circuit size: cdt.k, and k as the record's coordinate."""
+    k = wildcards.k
+    return _proxy(wildcards, step, step) + [f"cdt.k={k}", f"grid.k='{k}'"]
 
-    def overrides(wildcards):
-        k = wildcards.k
-        return overrides_proxy(step, step)(wildcards) + [f"cdt.k={k}", f"grid.k='{k}'"]
 
-    overrides.__name__ = f"overrides_{step}"
-    return overrides
+def overrides_finetune(wildcards):
+    return _proxy(wildcards, "finetune", "finetune")
 
 
 def overrides_proxy_eval(wildcards):
-    return overrides_proxy("evaluate", "evaluate_proxy")(wildcards) + [
-        "method=zero_shot"
-    ]
+    return _proxy(wildcards, "evaluate", "evaluate_proxy") + ["method=zero_shot"]
+
+
+def overrides_mean_baseline(wildcards):
+    return _proxy(wildcards, "mean_baseline", "mean_baseline")
+
+
+def overrides_score_heads(wildcards):
+    return _proxy(wildcards, "score_heads", "score_heads")
+
+
+def overrides_select_circuit(wildcards):
+    return _circuit_size(wildcards, "select_circuit")
+
+
+def overrides_faithfulness(wildcards):
+    return _circuit_size(wildcards, "faithfulness")
 
 
 def _pair(wildcards, step, rule):

@@ -17,7 +17,7 @@ rule finetune:
         runtime=240,
     params:
         step="finetune",
-        overrides=overrides_proxy("finetune", "finetune"),
+        overrides=overrides_finetune,
     script:
         "../scripts/run_step.py"
 
