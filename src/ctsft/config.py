@@ -40,7 +40,7 @@ from ctsft.config_schema import (
 )
 from ctsft.data.tasks import TaskSpec, get_task
 from ctsft.errors import CtsftError
-from ctsft.facts import HUB_PREFIX, check_hub_id
+from ctsft.facts import HUB_PREFIX, SCORE_KINDS, check_hub_id
 from ctsft.provenance import REPO_ROOT
 from ctsft.workflow_config import config_dir
 
@@ -97,11 +97,11 @@ def _circuit_size(v: Any) -> bool:
 
 
 #: Allowed values of the choice keys (the code that reads them: train.loop._SCHEDULES,
-#: cdt.scores.SCORE_KINDS, cdt.rules.CDTOptions.convention, cdt.baseline.POOLINGS,
+#: facts.SCORE_KINDS, cdt.rules.CDTOptions.convention, cdt.baseline.POOLINGS,
 #: cdt.rules.CDT_PATHS; a test keeps
 #: them in step).
 SCHEDULES = ("linear", "constant", "cosine")
-SCORES = ("directional", "cdt_ratio", "ablation", "attribution")
+SCORES = SCORE_KINDS
 CONVENTIONS = ("reference", "simple")
 POOLINGS = ("all", "last", "first", "position")
 CDT_PATHS = ("fast", "reference")

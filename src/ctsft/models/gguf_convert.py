@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ctsft.errors import CtsftError
+from ctsft.facts import PROVENANCE_FILE
 from ctsft.io import atomic_path
 from ctsft.provenance import sha256_file
 
@@ -230,6 +231,6 @@ def convert_gguf(package: str, gguf_filename: str | None, out_dir: Path) -> dict
                 "weight_sha256": weight_sha,
                 "converted_sha256": sha256_file(weights),
             }
-            (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+            (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
             _make_readable(tmp)
     return provenance

