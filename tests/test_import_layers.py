@@ -108,3 +108,22 @@ def test_the_leaf_facts_agree_with_the_code_behind_them() -> None:
     assert sorted(ADAPTERS) == sorted(t for types in MODEL_TYPES.values() for t in types)
     assert set(METHOD_SCHEMAS) <= set(KINDS) and set(METHOD_SCHEMAS) <= set(METHOD_KINDS)
     assert all(KINDS[name].facts is METHOD_KINDS[name] for name in KINDS)
+
+
+def test_the_architecture_picture_is_the_layers_contract() -> None:
+    """docs/architecture.md draws the layers of the contract, top to bottom, with the same
+    separators (`|` independent, `:` not), so the picture cannot drift from what is checked."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    contract = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layers = next(c for c in contract["contracts"] if c["type"] == "layers")["layers"]
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    picture = doc.split("```\n", 2)[1]
+    at = 0
+    for layer in layers:
+        names = [n.strip() for n in layer.replace(":", "|").split("|")]
+        drawn = [n.removeprefix("ctsft.") + ("/" if (SRC / n[6:]).is_dir() else "") for n in names]
+        sep = " : " if ":" in layer else " | "
+        found = picture.find(sep.join(drawn), at)
+        assert found >= at, f"{layer!r} is not drawn below the layer above it"
+        at = found
