@@ -22,8 +22,9 @@ import torch
 
 from ctsft.cdt.baseline import batches, mean_baseline
 from ctsft.cdt.engine import CDTEngine
+from ctsft.cdt.margin import gold_margin
 from ctsft.cdt.rules import CDTOptions
-from ctsft.cdt.scores import gold_margin, length_groups, score_heads
+from ctsft.cdt.scores import length_groups, score_heads
 from ctsft.data import balanced_sample, load_split
 from ctsft.models import get_model_spec, load_task_model, prepare_model
 

@@ -14,7 +14,8 @@ import torch
 from test_cdt_engine import LABEL_IDS, SOURCE_SETS, make_batch, setup
 
 from ctsft.cdt import CDTEngine, CDTOptions
-from ctsft.cdt.scores import cdt_ratio, gold_margin, score_heads
+from ctsft.cdt.margin import gold_margin
+from ctsft.cdt.scores import cdt_ratio, score_heads
 from ctsft.cli import run_step
 from ctsft.config import compose
 from ctsft.errors import CtsftError

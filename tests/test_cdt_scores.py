@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ctsft.cdt import CDTEngine, scores_table
-from ctsft.cdt.scores import cdt_ratio, gold_margin, score_heads
+from ctsft.cdt.margin import gold_margin
+from ctsft.cdt.scores import cdt_ratio, score_heads
 from ctsft.models.tiny import tiny_model
 
 DRIVER, OPPOSER = (1, 2), (1, 0)

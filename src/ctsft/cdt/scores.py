@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ctsft.cdt.attribution import attribution_scores, engine_logits
 from ctsft.cdt.engine import CDTEngine
-from ctsft.cdt.margin import gold_margin as gold_margin  # re-exported: the scores' margin
+from ctsft.cdt.margin import gold_margin
 from ctsft.errors import CtsftError
 from ctsft.facts import SCORE_KINDS, TSV_COLUMNS
 
