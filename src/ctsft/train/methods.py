@@ -32,8 +32,6 @@ The encoder classifier head (pooler + classifier) was trained in the proxy step:
 every kind but `all`, so CT-SFT updates exactly heads + norms as in the paper, and the controls
 and LoRA get the same treatment. `model.freeze_embeddings` freezes the token-embedding table in
 every method (including `full_ft`).
-
-This module imports no torch at import time (torch and numpy only in annotations and builders).
 """
 
 from __future__ import annotations
@@ -47,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from ctsft.config_files import complete_method, method_config, method_names
 from ctsft.errors import CtsftError
 from ctsft.facts import METHOD_KINDS, KindFacts
+from ctsft.train.lora import choose_rank, lora_count, lora_target_modules
 
 if TYPE_CHECKING:
     import numpy as np
@@ -302,12 +301,6 @@ def _plan_heads(plan: TrainablePlan, inputs: PlanInputs) -> None:
 
 @register_kind("lora")
 def _plan_lora(plan: TrainablePlan, inputs: PlanInputs) -> None:
-    from ctsft.train.lora import (  # deferred: torch and PEFT, only when a LoRA plan is built
-        choose_rank,
-        lora_count,
-        lora_target_modules,
-    )
-
     hf_model, adapter = inputs.hf_model, inputs.adapter
     plan.lora_modules = lora_target_modules(hf_model, adapter)
     rank = inputs.method.get("rank")
