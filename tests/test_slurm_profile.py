@@ -142,8 +142,14 @@ def rule_blocks() -> dict[str, str]:
     """{rule name: its text} of workflow/rules/*.smk."""
     blocks = {}
     for path in RULE_FILES:
-        for match in re.finditer(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", path.read_text(), re.M | re.S):
+        text = path.read_text()
+        for match in re.finditer(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", text, re.M | re.S):
             blocks[match.group(1)] = match.group(2)
+        # `use rule a as b with:` inherits a's resources (transfer_temp: a GPU rule too)
+        for match in re.finditer(
+            r"^use rule (\w+) as (\w+) with:\n(.*?)(?=^\S|\Z)", text, re.M | re.S
+        ):
+            blocks[match.group(2)] = blocks.get(match.group(1), "") + match.group(3)
     return blocks
 
 
