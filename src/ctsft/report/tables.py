@@ -319,13 +319,11 @@ def _latex_escape(text: str) -> str:
 
 def to_latex(display: pd.DataFrame, title: str, label: str) -> str:
     """A booktabs table written by pandas' `Styler.to_latex`, cells escaped by `_latex_escape`
-    (± and → as maths). Styler has no rule above one body row, so the rule that sets the
-    `average` row apart is added to its output."""
+    (± and → as maths). Two touches Styler cannot make are added to its output: the rule that
+    sets the `average` row apart (it has no rule above one body row) and `\\small` before the
+    caption, so caption and body share the table's size (its own commands follow the caption)."""
     styler = (
-        display.style.hide(axis="index")
-        .format(_latex_escape)
-        .format_index(_latex_escape, axis=1)
-        .set_table_styles([{"selector": "small", "props": ":;"}], overwrite=False)
+        display.style.hide(axis="index").format(_latex_escape).format_index(_latex_escape, axis=1)
     )
     latex = styler.to_latex(
         column_format="l" + "r" * (len(display.columns) - 1),
@@ -336,6 +334,7 @@ def to_latex(display: pd.DataFrame, title: str, label: str) -> str:
         caption=_latex_escape(title),
         environment="table",
     )
+    latex = latex.replace("\\centering\n", "\\centering\n\\small\n", 1)
     return latex.replace("\naverage & ", "\n\\midrule\naverage & ", 1)
 
 
