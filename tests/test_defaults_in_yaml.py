@@ -10,9 +10,9 @@ import pytest
 
 from ctsft.cdt.rules import CDTOptions
 from ctsft.config import compose
+from ctsft.config_files import config_dir, group_config
 from ctsft.steps.shared.discovery import cdt_options
 from ctsft.train import TrainConfig
-from ctsft.workflow_config import config_dir, group_config
 
 LORA_FIELDS = {"lora_alpha_over_rank": "alpha_over_rank", "lora_dropout": "dropout"}
 
