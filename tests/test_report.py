@@ -204,8 +204,8 @@ def test_table_writers_give_the_exact_text() -> None:
         [
             r"\begin{table}[t]",
             r"\centering",
-            r"\caption{T\_1: 50\%}",
             r"\small",
+            r"\caption{T\_1: 50\%}",
             r"\label{tab:t1}",
             r"\begin{tabular}{lrr}",
             r"\toprule",
