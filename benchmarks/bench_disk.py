@@ -401,7 +401,7 @@ def predict(configfile: str, sets: list[str], dry_run: bool = True) -> Predictio
     scores = 60 * geo.n_layers * geo.n_heads + 80_000  # one TSV row per head + the heatmap PNG
     pred.rows.append(Row("mu + scores + heatmap", len(proxies), mu + 1_000 + scores))
     pred.dry_run = dry_run_counts(configfile, sets) if dry_run else None
-    counts = pred.dry_run or {}
+    counts = pred.dry_run or dict(jobs)  # without snakemake: the transfers and evaluations only
     if pred.dry_run is not None:
         planned = counts.get("transfer", 0) + counts.get("transfer_temp", 0)
         mine = jobs["transfer"] + jobs["transfer_temp"]
@@ -502,20 +502,21 @@ def print_prediction(pred: Prediction) -> None:
     for row in pred.rows:
         note = row.note + (", temporary" if row.temporary else "")
         print(f"| {row.kind} | {row.count} | {human(row.each)} | {human(row.total)} | {note} |")
-    temporary = pred.total - pred.stays
+    temporary = [row for row in pred.rows if row.temporary]
+    in_results = pred.stays - pred.models_dir
     print(
-        f"\nwritten in total {human(pred.total)}; stays after the run {human(pred.stays)}"
+        f"\nstays after the run {human(pred.stays)} ({human(in_results)} in results_dir, the "
+        f"rest the base model folder); written in total {human(pred.total)}"
         + (
-            f" (full fine-tuning checkpoints, {human(temporary)} in all, are deleted after their "
-            f"evaluation and mechanism jobs: at any time at most one per running transfer chain, "
-            f"{human(pred.full_checkpoint)} each, exists)"
+            f": full fine-tuning's checkpoints ({human(pred.total - pred.stays)} in all) are "
+            "deleted once their evaluation and mechanism jobs are done, so at any time only those "
+            f"of running or waiting chains exist ({human(max(r.each for r in temporary))} each)"
             if temporary
             else ""
         )
-        + f"; before (every transfer a full copy): {human(pred.old_total)}, "
-        f"{pred.old_total / pred.stays:.1f}x.\nresults_dir alone (without the base model "
-        f"folder): {human(pred.stays - pred.models_dir)} stays, peak written "
-        f"{human(pred.total - pred.models_dir)}; before {human(pred.old_total - pred.models_dir)}"
+        + f".\nbefore (every transfer a full copy): {human(pred.old_total)} "
+        f"({human(pred.old_total - pred.models_dir)} in results_dir), "
+        f"{pred.old_total / pred.stays:.1f}x what stays now"
     )
 
 

@@ -17,9 +17,14 @@ It prints, and ends with one machine-readable `RESULT key=value ...` line:
 3. CT-SFT (top 5% heads + norms) and full fine-tuning step time and peak memory at 16 x 128 in
    the runtime's precision (bf16 autocast on CUDA), and their ratio;
 4. whether every frozen entry is bit-identical after 20 CT-SFT steps;
-5. evaluation throughput and model load time, and from all of these the GPU-hours of the paper
-   grid (config/config.yaml: 36 pairs x 5 trained methods x 4 seeds, at 128 tokens, an upper
-   bound since NusaX rows are ~50 tokens).
+5. evaluation throughput and model load time;
+6. what every job pays besides its compute: process start-up (a fresh `python -c "import torch,
+   transformers"` that initialises the device, timed as a subprocess) and checkpoint I/O (writing
+   the whole model with `save_pretrained` and a CT-SFT checkpoint of only the trained values with
+   `ctsft.models.checkpoint.save_trained`, reading the whole model and applying the trained
+   values), and from all of these the GPU-hours of the paper grid (config/config.yaml: 36 pairs
+   x 5 trained methods x 4 seeds, at 128 tokens, an upper bound since NusaX rows are ~50 tokens),
+   printed with its job count and each part of the total.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +48,7 @@ from ctsft.cdt.engine import CDTEngine
 from ctsft.cdt.rules import CDTOptions
 from ctsft.cdt.scores import score_heads
 from ctsft.data.tasks import NUSAX
+from ctsft.models.checkpoint import apply_trained, save_trained
 from ctsft.models.task_model import TaskModel
 from ctsft.models.tiny import tiny_model
 from ctsft.runtime import Runtime, configure_determinism, set_tf32
@@ -295,38 +302,95 @@ def eval_part(model: TaskModel, args, out: dict[str, Any]) -> None:
             for batch in batches:
                 model(batch["input_ids"], batch["attention_mask"]).argmax(-1).cpu()
     out["eval_examples_per_s"] = 32 * len(batches) / out["eval_s"]
-    with tempfile.TemporaryDirectory() as tmp:
-        model.hf.save_pretrained(tmp)
-        with timed(device, out, "load_s"):
-            AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).to(device)
     print(
-        f"evaluation: {out['eval_examples_per_s']:.0f} examples/s at 32 x {args.length}; "
-        f"model load {out['load_s']:.1f} s",
+        f"evaluation: {out['eval_examples_per_s']:.0f} examples/s at 32 x {args.length}",
+        flush=True,
+    )
+
+
+STARTUP = """
+import sys, torch, transformers
+device = torch.device(sys.argv[1])
+torch.zeros(1, device=device).sum().item()  # CUDA context and allocator, as a job's first op
+"""
+
+
+def startup_part(device: torch.device, out: dict[str, Any]) -> None:
+    """A job's process start-up: interpreter, torch + transformers imports, device init (a
+    workflow job adds ctsft, Hydra and its config on top: benchmarks/bench_startup.py)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", STARTUP, str(device)], check=True, timeout=600)
+    out["startup_s"] = time.perf_counter() - start
+    print(f"process start-up (imports, {device.type} init): {out['startup_s']:.1f} s", flush=True)
+
+
+def checkpoint_part(model: TaskModel, circuit: list[list[int]], out: dict[str, Any]) -> None:
+    """Checkpoint write and read: the whole model (theta_1, full fine-tuning) and the trained
+    values of a CT-SFT plan (every other transfer), as the workflow's jobs write and read them."""
+    device = model.device
+    plan = build_plan(
+        model.hf, model.adapter, MethodCfg(name="ctsft", heads="circuit"), {"circuit": circuit}
+    )
+    spans = [(e.name, e.dim, e.start, e.stop) for e in plan.entries]
+    with tempfile.TemporaryDirectory() as tmp:
+        full, trained = Path(tmp) / "full", Path(tmp) / "trained"
+        trained.mkdir()
+        with timed(device, out, "save_full_s"):
+            model.hf.save_pretrained(full)
+        with timed(device, out, "load_s"):
+            AutoModelForCausalLM.from_pretrained(full, dtype=torch.float32).to(device)
+        with timed(device, out, "save_trained_s"):
+            save_trained(model.hf, spans, [], trained)
+        with timed(device, out, "read_trained_s"):
+            apply_trained(model.hf, trained, "transfer")
+        out["full_mb"] = (full / "model.safetensors").stat().st_size / 1e6
+        out["trained_mb"] = (trained / "trained.safetensors").stat().st_size / 1e6
+    print(
+        f"checkpoint: whole model {out['full_mb']:.1f} MB written in {out['save_full_s']:.2f} s, "
+        f"loaded in {out['load_s']:.2f} s; CT-SFT's trained values {out['trained_mb']:.2f} MB "
+        f"written in {out['save_trained_s']:.3f} s, applied in {out['read_trained_s']:.3f} s",
         flush=True,
     )
 
 
 def project_grid(out: dict[str, Any]) -> None:
-    """GPU-hours of the paper grid from the measured unit costs (each job also pays one load)."""
+    """GPU-hours of the paper grid from the measured unit costs, by part: compute (training,
+    evaluation, CD-T), process start-up (every job), model loads (every job reads theta_1 or the
+    base), checkpoint writes (finetune and full_ft: whole model; other methods: trained values)
+    and trained-value reads (each evaluation of such a transfer)."""
     step = {"full": out["full_ft_step_s"], "heads": out["ctsft_step_s"]}
     cdt_per_example = out["cdt_all_heads_s"] / out["cdt_examples"]
-    seconds, jobs = 0.0, 0
+    save = {"full": out["save_full_s"], "heads": out["save_trained_s"]}
+    parts = dict.fromkeys(("compute", "startup", "load", "write", "read_trained"), 0.0)
+    jobs = 0
     for task, _proxy, n_targets in GRID_PAIRS:
         steps = math.ceil(TRAIN_ROWS[task] / BATCH) * EPOCHS
         eval_s = 2 * TEST_ROWS[task] / out["eval_examples_per_s"]
-        seconds += steps * step["full"] + eval_s / 2  # finetune, evaluate_proxy
-        seconds += cdt_per_example * DISCOVERY * 2  # score_heads; single-head ablation scan
-        seconds += cdt_per_example * TEST_ROWS[task] * FAITH_SETS / out["cdt_heads"]
+        parts["compute"] += steps * step["full"] + eval_s / 2  # finetune, evaluate_proxy
+        parts["compute"] += (
+            cdt_per_example * DISCOVERY * 2
+        )  # score_heads; single-head ablation scan
+        parts["compute"] += cdt_per_example * TEST_ROWS[task] * FAITH_SETS / out["cdt_heads"]
+        parts["write"] += save["full"]  # theta_1
         jobs += 4
         for kind in TRAINED_METHODS.values():
-            seconds += n_targets * SEEDS * (steps * step[kind] + eval_s)
-            jobs += 2 * n_targets * SEEDS
-        seconds += n_targets * eval_s  # zero-shot
+            runs = n_targets * SEEDS
+            parts["compute"] += runs * (steps * step[kind] + eval_s)
+            parts["write"] += runs * save[kind]
+            parts["read_trained"] += runs * (out["read_trained_s"] if kind == "heads" else 0.0)
+            jobs += 2 * runs
+        parts["compute"] += n_targets * eval_s  # zero-shot
         jobs += n_targets
-    seconds += jobs * out["load_s"]
+    parts["startup"] = jobs * out["startup_s"]
+    parts["load"] = jobs * out["load_s"]
+    seconds = sum(parts.values())
     out["grid_gpu_jobs"], out["grid_gpu_hours"] = jobs, seconds / 3600
+    for name, value in parts.items():
+        out[f"grid_{name}_hours"] = value / 3600
     print(
-        f"paper grid: {jobs} GPU jobs, projected {out['grid_gpu_hours']:.2f} GPU-hours", flush=True
+        f"paper grid: {jobs} GPU jobs, projected {out['grid_gpu_hours']:.2f} GPU-hours = "
+        + " + ".join(f"{name} {value / 3600:.2f}" for name, value in parts.items()),
+        flush=True,
     )
 
 
@@ -366,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     tiny_agreement(device, out)
     train_part(model, circuit, args, out)
     eval_part(model, args, out)
+    startup_part(device, out)
+    checkpoint_part(model, circuit, out)
     project_grid(out)
     out["total_s"] = time.perf_counter() - started
     if args.json:

@@ -49,5 +49,15 @@ def test_bench_gpu_small_on_cpu(tmp_path: Path) -> None:
     assert out["frozen_bit_identical"] is True and out["ctsft_entries_moved"] > 0
     assert 0 < out["ctsft_trainable_pct"] < 5 and out["full_ft_trainable_pct"] == 100
     assert out["grid_gpu_jobs"] == 36 * 41 + 3 * 4 and out["grid_gpu_hours"] > 0
+    # what the projection used to leave out: start-up and checkpoint I/O, measured, in the total
+    assert out["startup_s"] > 0.5  # a fresh interpreter importing torch and transformers
+    assert out["save_full_s"] > 0 and out["save_trained_s"] > 0 and out["read_trained_s"] > 0
+    assert 0 < out["trained_mb"] < out["full_mb"] / 10  # only CT-SFT's values are written
+    parts = ("compute", "startup", "load", "write", "read_trained")
+    assert sum(out[f"grid_{p}_hours"] for p in parts) == pytest.approx(out["grid_gpu_hours"])
+    assert out["grid_startup_hours"] == pytest.approx(
+        out["grid_gpu_jobs"] * out["startup_s"] / 3600
+    )
+    assert "paper grid: 1488 GPU jobs" in done.stdout and "startup" in done.stdout
     imported = json.loads(next(line for line in lines if line.startswith("IMPORTED "))[9:])
     assert not set(imported) & set(NOT_ON_A_BARE_GPU_BOX), imported
