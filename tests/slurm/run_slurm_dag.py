@@ -9,15 +9,19 @@ What it does (as root, on a Debian machine; tests/test_slurm_integration.py runs
    no slurmdbd) and a munge key into a temporary folder, and starts munged, slurmctld and slurmd
    from there, in the foreground, so it knows their PIDs;
 3. runs config/tiny.yaml through workflow/profiles/slurm-cpu (partition given on the command
-   line, no account) and, at the same time, the same config locally with the same threads
-   (1 per job, `--cores 1`; the SLURM run mostly waits for its polls);
+   line, no account), the same again with job grouping (`--profile workflow/profiles/grouped`:
+   each transfer -> evaluate -> mechanism chain in group `chain`, 4 chains per sbatch job) and,
+   at the same time, the same config locally with the same threads (1 per job, `--cores 1`; the
+   SLURM runs mostly wait for their polls);
 4. checks that every non-local job went through sbatch (slurmctld log and squeue), that each
-   job ran the venv's Python, that the DAG finished, and that the tables are byte-identical;
+   job ran the venv's Python, that the DAGs finished, that the grouped run submitted fewer sbatch
+   jobs, and that the tables of all three runs are byte-identical;
 5. always: cancels what is left in the queue, stops the daemons it started (by PID) and removes
    the temporary folder (--keep leaves it, with all logs, for a look).
 
-Every wait is bounded; the whole run has a budget (CTSFT_SLURM_BUDGET_S, default 570 s). The
-last line is a one-line summary: wall time, sbatch jobs, whether the tables are identical.
+Every wait is bounded; the whole run has a budget (CTSFT_SLURM_BUDGET_S, default 780 s). The
+last line is a one-line summary: wall time, sbatch jobs (ungrouped and grouped), whether the
+tables are identical.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 SNAKEMAKE = VENV_BIN / "snakemake"
 PROFILE = "workflow/profiles/slurm-cpu"
+GROUPED = "workflow/profiles/grouped"  # --profile beside the workflow profile: job grouping
 PARTITION = "ctsft"
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NEEDED = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "sinfo", "srun")
@@ -382,7 +387,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and logs")
     args = parser.parse_args()
-    budget = float(os.environ.get("CTSFT_SLURM_BUDGET_S", 570))
+    budget = float(os.environ.get("CTSFT_SLURM_BUDGET_S", 780))
     deadline = START + budget
 
     def left(reserve: float = 0) -> float:
@@ -413,36 +418,70 @@ def main() -> int:
         # 2. and at the same time the same config locally, same threads (1 per job; the default
         #    profile, as `make reproduce`): the SLURM run mostly waits, so this costs little
         slurm_results, local_results = root / "slurm", root / "local"
-        slurm_args = [
-            "--workflow-profile",
-            PROFILE,
-            *tiny_args(slurm_results),
-            "--default-resources",
-            f"slurm_partition={PARTITION}",
-            "--slurm-init-seconds-before-status-checks",
-            str(STATUS_POLL_S),
-            "--slurm-logdir",
-            str(root / "slurm_logs"),
-            "--latency-wait",
-            "5",
-        ]
-        runs.append(Snakemake("SLURM run", slurm_args, root / "snakemake_slurm.log", env))
+        grouped_results = root / "grouped"
+
+        def slurm_args(results: Path, logs: str) -> list[str]:
+            return [
+                "--workflow-profile",
+                PROFILE,
+                *tiny_args(results),
+                "--default-resources",
+                f"slurm_partition={PARTITION}",
+                "--slurm-init-seconds-before-status-checks",
+                str(STATUS_POLL_S),
+                "--slurm-logdir",
+                str(root / logs),
+                "--latency-wait",
+                "5",
+            ]
+
+        runs.append(
+            Snakemake(
+                "SLURM run",
+                slurm_args(slurm_results, "slurm_logs"),
+                root / "snakemake_slurm.log",
+                env,
+            )
+        )
+        # 3. the same DAG grouped: a separate results folder (its own tiny model), the grouping
+        #    profile on top of the same workflow profile
+        runs.append(
+            Snakemake(
+                "grouped SLURM run",
+                [*slurm_args(grouped_results, "grouped_logs"), "--profile", GROUPED],
+                root / "snakemake_grouped.log",
+                env,
+            )
+        )
         local_args = ["--cores", "1", *tiny_args(local_results)]
         runs.append(Snakemake("local run", local_args, root / "snakemake_local.log", env))
         text = runs[0].finish(left(reserve=15))
+        grouped_text = runs[1].finish(left(reserve=15))
         remote_jobs = re.findall(r"^rule (\w+):$", text, re.M)
         local_jobs = re.findall(r"^localrule (\w+):$", text, re.M)
         submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", text)
+        grouped_submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", grouped_text)
+        group_jobs = re.findall(r"Group job chain \(jobs in lexicogr\. order\):", grouped_text)
         ids = cluster.submitted_job_ids()
         states = cluster.job_states()
         log(
             f"snakemake: {len(remote_jobs)} SLURM jobs, {len(local_jobs)} local "
-            f"({', '.join(sorted(set(local_jobs)))}); slurmctld: {len(ids)} sbatch submissions"
+            f"({', '.join(sorted(set(local_jobs)))}); grouped: {len(grouped_submitted)} sbatch "
+            f"jobs ({len(group_jobs)} group jobs); slurmctld: {len(ids)} sbatch submissions"
         )
-        if not remote_jobs or len(ids) != len(remote_jobs) or sorted(ids) != sorted(submitted):
+        if (
+            not remote_jobs
+            or len(submitted) != len(remote_jobs)
+            or sorted(ids) != sorted(submitted + grouped_submitted)
+        ):
             raise Failure(
-                f"expected one sbatch job per non-local job ({len(remote_jobs)}): slurmctld saw "
-                f"{ids}, snakemake reported {submitted}"
+                f"expected one sbatch job per non-local job ({len(remote_jobs)}) plus the grouped "
+                f"run's: slurmctld saw {ids}, snakemake reported {submitted} + {grouped_submitted}"
+            )
+        if not group_jobs or not 0 < len(grouped_submitted) < len(submitted):
+            raise Failure(
+                f"the grouped run submitted {len(grouped_submitted)} sbatch jobs "
+                f"({len(group_jobs)} group jobs), the ungrouped {len(submitted)}: no fewer"
             )
         if set(local_jobs) - set(LOCAL_RULES) or "prepare_model" not in local_jobs:
             raise Failure(f"local jobs should be {LOCAL_RULES}, were {local_jobs}")
@@ -455,13 +494,16 @@ def main() -> int:
         if not re.search(rf"^{re.escape(str(VENV_BIN))}/python[\d.]* -m snakemake ", script, re.M):
             raise Failure(f"job {ids[0]} does not run the venv's Python ({VENV_BIN}):\n{script}")
 
-        runs[1].finish(left(reserve=10))
+        runs[2].finish(left(reserve=10))
         tables = compare_tables(slurm_results / "tables", local_results / "tables")
+        compare_tables(grouped_results / "tables", local_results / "tables")
         failed = False
         wall = time.monotonic() - START
         print(
-            f"SLURM integration OK: wall {wall:.0f} s, {len(ids)} sbatch jobs "
-            f"({len(local_jobs)} local), {len(tables)} table files byte-identical to the local run",
+            f"SLURM integration OK: wall {wall:.0f} s, {len(submitted)} sbatch jobs "
+            f"({len(local_jobs)} local), grouped {len(grouped_submitted)} sbatch jobs "
+            f"({len(group_jobs)} group jobs), {len(tables)} table files byte-identical to the "
+            "local run in both",
             flush=True,
         )
         return 0
