@@ -346,3 +346,40 @@ def test_dry_run_sbatch_options(profile, tmp_path):
         else:
             assert "--gpus" not in call and "--gres" not in call, (rule, call)
             assert "--ntasks=1" in call, (rule, call)
+
+
+# ---------------------------------------------------------------- job grouping (--profile grouped)
+GROUPED = REPO / "workflow" / "profiles" / "grouped"
+
+
+def test_grouped_profile_names_the_per_pair_rules():
+    """Its groups name rules that exist, the GPU rules of a transfer chain among them (a rule
+    missing from `groups` would be submitted alone, silently)."""
+    profile = load(GROUPED / "config.yaml")
+    assert set(profile) <= cli_options(), sorted(set(profile) - cli_options())
+    groups = profile["groups"]
+    assert set(groups) <= set(rule_blocks()), sorted(set(groups) - set(rule_blocks()))
+    assert {"transfer", "transfer_temp", "evaluate", "mechanism"} <= set(groups)
+    assert set(profile["group-components"]) == set(groups.values())
+    # one job's memory per group: the chains run in series, never summed past a node
+    biggest = max(int(m) for m in re.findall(r"mem_mb=(\d+)", "".join(rule_blocks().values())))
+    assert profile["resources"]["mem_mb"] >= biggest
+
+
+def test_grouped_dry_run_submits_fewer_jobs(tmp_path):
+    """The tiny DAG through slurm-cpu + grouped: the 8 jobs of the pair's chains in one group
+    job, the per-proxy jobs alone (tests/test_slurm_integration.py submits it for real)."""
+    args = [
+        SNAKEMAKE, "-n", "--workflow-profile", str(REPO / "workflow/profiles/slurm-cpu"),
+        "--profile", str(GROUPED), "--configfile", "config/tiny.yaml",
+        "--default-resources", "slurm_partition=p", "--config",
+        f"results_dir={tmp_path}/r", f"models_dir={tmp_path}/m",
+    ]  # fmt: skip
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert out.count("Group job chain (jobs in lexicogr. order):") == 1, out[-3000:]
+    grouped = [r.removesuffix("_temp") for r in re.findall(r"^    rule (\w+):$", out, re.M)]
+    assert sorted(grouped) == sorted(["transfer"] * 3 + ["evaluate"] * 4 + ["mechanism"]), grouped
+    alone = set(re.findall(r"^rule (\w+):$", out, re.M)) - localrules()
+    assert alone == {"finetune", "evaluate_proxy", "mean_baseline", "score_heads", "select_circuit", "faithfulness"}  # fmt: skip
