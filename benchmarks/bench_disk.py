@@ -85,19 +85,19 @@ TOKENIZER_BYTES = {
 }
 TINY_TOKENIZER_BYTES = 20_000
 CONFIG_JSON_BYTES = 1_000  # config.json of a full checkpoint
-RECORD_BYTES = 1_000  # task_model.json (a few hundred bytes measured; the plan record adds some)
+RECORD_BYTES = 8_000  # task_model.json with its training record (7.7-9.1 KB measured, tiny run)
 ADAPTER_CONFIG_BYTES = 1_000  # PEFT adapter_config.json
 
 # Small artifacts (bytes per file; estimates, `--measure` gives the real ones): every job writes a
 # log and a benchmark TSV beside its outputs.
 LOG_BYTES, BENCHMARK_BYTES = 4_000, 250
-METRICS_BYTES = 2_500  # metrics.json with its provenance record
+METRICS_BYTES = 6_500  # metrics.json with its provenance record (6.3 KB measured)
 SMALL_OUTPUTS = {  # rule -> bytes of its outputs that do not depend on the model
     "evaluate": METRICS_BYTES,
     "evaluate_proxy": METRICS_BYTES,
-    "select_circuit": 3_000,
-    "faithfulness": 3_000,
-    "mechanism": 30_000,  # mechanism.json + mechanism_scores.tsv
+    "select_circuit": 4_000,
+    "faithfulness": 6_000,
+    "mechanism": 20_000,  # mechanism.json + mechanism_scores.tsv
     "tables": 9 * 3_000,
     "figures": 3 * 60_000,
     "mechanism_report": 3 * 3_000 + 60_000,
@@ -122,11 +122,12 @@ def effective_config(configfile: str | Path, sets: list[str]) -> dict[str, Any]:
 
 
 def dry_run_counts(configfile: str | Path, sets: list[str]) -> dict[str, int] | None:
-    """Jobs per rule of `snakemake -n` (its `Job stats` table); None without snakemake."""
+    """Jobs per rule of `snakemake -n --forceall` (its `Job stats` table: the whole DAG, whatever
+    exists already); None without snakemake."""
     snakemake = Path(sys.executable).parent / "snakemake"
     if not snakemake.exists():
         return None
-    cmd = [str(snakemake), "-n", "--quiet", "rules", "--configfile", str(configfile)]
+    cmd = [str(snakemake), "-n", "--forceall", "--quiet", "rules", "--configfile", str(configfile)]
     cmd += ["--config", *sets] if sets else []
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
@@ -508,9 +509,10 @@ def print_prediction(pred: Prediction) -> None:
         f"\nstays after the run {human(pred.stays)} ({human(in_results)} in results_dir, the "
         f"rest the base model folder); written in total {human(pred.total)}"
         + (
-            f": full fine-tuning's checkpoints ({human(pred.total - pred.stays)} in all) are "
-            "deleted once their evaluation and mechanism jobs are done, so at any time only those "
-            f"of running or waiting chains exist ({human(max(r.each for r in temporary))} each)"
+            f": full fine-tuning's checkpoints ({human(pred.total - pred.stays)} in all, "
+            f"{human(max(r.each for r in temporary))} each) are deleted once their evaluation "
+            "(and mechanism) jobs are done, so the peak lies between the two: each exists from "
+            "its transfer until its consumers finish"
             if temporary
             else ""
         )

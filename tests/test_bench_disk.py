@@ -97,3 +97,28 @@ def test_tiny_config_expands_as_snakemake_plans_it() -> None:
     assert rows["transfer full_ft"].temporary and rows["transfer full_ft"].note == "full"
     assert rows["transfer ctsft/k2"].note.startswith("trained")
     assert pred.stays < pred.total < pred.old_total
+
+
+def test_measure_sorts_files_by_layout_template(tmp_path: Path) -> None:
+    """--measure: a checkpoint file counts under its folder's kind (theta_1 or its variant,
+    `ctsft/k2` included), every other file under the template it matches."""
+    run = tmp_path / "nusax" / "tiny_bert"
+    files = {
+        run / "ind" / "proxy_checkpoint" / "model.safetensors": 100,
+        run / "ind" / "proxy_checkpoint" / "tokenizer.json": 10,
+        run / "ind-jav" / "ctsft" / "k2" / "seed0" / "checkpoint" / "trained.safetensors": 50,
+        run / "ind-jav" / "full_ft" / "seed0" / "checkpoint" / "model.safetensors": 70,
+        run / "ind-jav" / "ctsft" / "k2" / "seed0" / "metrics.json": 7,
+        run / "ind" / "mu.safetensors": 5,
+        tmp_path / "tables" / "table1_nusax.csv": 3,
+    }
+    for file, size in files.items():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(b"x" * size)
+    assert dict(bench_disk.measure(tmp_path)) == {
+        "theta_1": 110,
+        "transfer ctsft/k2": 50,
+        "transfer full_ft": 70,
+        "records, tables, figures, logs": 10,
+        "mu + scores + heatmap": 5,
+    }
