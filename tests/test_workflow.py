@@ -355,7 +355,7 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
         "tables": 1, "figures": 1, "all": 1,
     }  # fmt: skip
 
-    # 4. a job that fails leaves no output that Snakemake takes as finished
+    # 4. a bad override is refused before any job runs (every job's config is composed first)
     broken = copy.deepcopy(cfg)
     broken["hydra_overrides"]["transfer"] = ["train=no_such_train_config"]
     broken_file = tmp_path / "tiny_broken.yaml"
@@ -366,10 +366,24 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
         "--cores", "1", str(checkpoint), *tiny_args(results, broken_file), check=False
     )
     assert failed.returncode != 0
-    assert "error: bad config override" in failed.stdout + failed.stderr
+    assert "unknown train=no_such_train_config" in failed.stdout + failed.stderr
+    assert checkpoint.is_dir()  # nothing ran
+
+    # ... and a job that fails leaves no output that Snakemake takes as finished: a corrupt
+    # circuit makes CT-SFT's transfer fail (the file is put back as it was afterwards)
+    circuit = results / "nusax/tiny_bert/ind/k2/circuit.json"
+    checkpoint = results / "nusax/tiny_bert/ind-jav/ctsft/k2/seed0/checkpoint"
+    assert checkpoint.is_dir()
+    original, stat = circuit.read_bytes(), circuit.stat()
+    circuit.write_text("{not json")
+    failed = snakemake("--cores", "1", str(checkpoint), *tiny_args(results), check=False)
+    circuit.write_bytes(original)
+    os.utime(circuit, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert failed.returncode != 0
+    assert "is not valid JSON" in failed.stdout + failed.stderr
     assert not checkpoint.exists()
-    # ... and the original config sees the hole and plans to rebuild it
-    counts = plan(*tiny_args(results))
+    # ... and asking for it again plans to rebuild it (its evaluation, done before, stays)
+    counts = plan(str(checkpoint), *tiny_args(results))
     assert counts.get("transfer") == 1
 
 
