@@ -146,3 +146,24 @@ def test_no_code_dispatches_on_a_method_name() -> None:
             if literals or named:
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert offenders == []
+
+
+def test_random_heads_draws_its_heads_per_transfer_seed(tiny_model_dirs: dict[str, Path]) -> None:
+    """`random_heads` composed for a run draws k heads with the run's seed: two seeds, two sets
+    (so the spread over seeds covers which heads were picked), one seed, the same set, and the
+    plan records them; with method.seed null it trains the circuit file's one draw."""
+    model = load_task_model(tiny_model_dirs["tiny_bert"], "nusax", max_length=16)
+    plans = {}
+    for seed in (0, 1, 2):
+        cfg = compose(["model=tiny_bert", "method=random_heads", f"seed={seed}"])
+        assert cfg.method.seed == seed
+        plans[seed] = build_plan(model.hf, model.adapter, cfg.method, CIRCUIT)
+    drawn = {seed: plan.heads for seed, plan in plans.items()}
+    assert all(len(heads) == 2 == len(set(heads)) for heads in drawn.values())
+    assert len({tuple(heads) for heads in drawn.values()}) > 1, drawn
+    assert drawn[1] == registry.draw_heads(2, 2, 4, 1) == sorted(drawn[1])
+    assert plans[1].to_dict()["heads"] == [list(h) for h in drawn[1]]
+    again = build_plan(model.hf, model.adapter, compose(["model=tiny_bert", "method=random_heads", "seed=1"]).method, CIRCUIT)  # fmt: skip
+    assert again.heads == drawn[1]
+    legacy = compose(["model=tiny_bert", "method=random_heads", "method.seed=null"]).method
+    assert build_plan(model.hf, model.adapter, legacy, CIRCUIT).heads == [(0, 2), (1, 1)]

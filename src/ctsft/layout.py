@@ -28,11 +28,12 @@ from __future__ import annotations
 import string
 from typing import Any
 
-#: The wildcards of a proxy-level job, of one circuit size and of one transfer run: their folders, log and
-#: benchmark names.
+#: The wildcards of a proxy-level job, of one circuit size, of one transfer run and of one pair and
+#: seed (the evaluation of all its runs): their folders, log and benchmark names.
 PROXY_JOB = "{task}/{model}/{proxy}"
 CIRCUIT_JOB = PROXY_JOB + "/k{k}"
 RUN_JOB = "{task}/{model}/{proxy}-{target}/{variant}/seed{seed}"
+SEED_JOB = "{task}/{model}/{proxy}-{target}/seed{seed}"
 PROXY = "{R}/" + PROXY_JOB
 CIRCUIT = "{R}/" + CIRCUIT_JOB
 RUN = "{R}/" + RUN_JOB

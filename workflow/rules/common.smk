@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.iocontainers import Wildcards
 from snakemake.logging import logger
 
 from ctsft.data.tasks import TASKS
@@ -15,6 +16,7 @@ from ctsft.layout import (
     FIGURES,
     PROXY_JOB,
     RUN_JOB,
+    SEED_JOB,
     TABLE_FORGETTING,
     TABLE_FORMATS,
     TABLE_OF_TASK,
@@ -128,6 +130,9 @@ TEMP_VARIANTS = [
     and trains_every_parameter(METHODS[VARIANTS[v][0]])
 ]
 KEPT_VARIANTS = [v for v in TRANSFER_VARIANTS if v not in TEMP_VARIANTS]
+# Variants evaluated as is (theta_1 itself, zero-shot): one `evaluate_as_is` job each; every
+# transferred variant of a pair and seed is scored by one `evaluate` job.
+AS_IS_VARIANTS = [v for v in VARIANTS if v not in TRANSFER_VARIANTS]
 
 
 def split_variant(variant):
@@ -166,6 +171,7 @@ def at(artifact, **coordinates):
 
 PROXY = PROXY_JOB  # wildcards of a proxy-level job (its log and benchmark names)
 RUN = RUN_JOB  # wildcards of one transfer run
+SEED = SEED_JOB  # wildcards of one pair and seed (the evaluation of all its transfers)
 
 
 def logfile(rule, job, root=R):
@@ -245,6 +251,21 @@ def transfer_inputs(wildcards):
     if METHODS[name].get("circuit", False):
         inputs["circuit"] = at("circuit", **{**wildcards, "k": k})
     return inputs
+
+
+def with_variant(wildcards, variant):
+    """The wildcards of a pair-and-seed job, completed to one run's."""
+    return Wildcards(fromdict={**dict(wildcards.items()), "variant": variant})
+
+
+def seed_checkpoints(wildcards):
+    """Every transferred checkpoint of one pair and seed (the inputs of its `evaluate` job)."""
+    return [at("checkpoint", **with_variant(wildcards, v)) for v in TRANSFER_VARIANTS]
+
+
+def seed_metrics():
+    """Output pattern of an `evaluate` job: one metrics.json per transferred variant."""
+    return expand(at("metrics"), variant=TRANSFER_VARIANTS, allow_missing=True)
 
 
 def evaluated_checkpoint(wildcards):
@@ -356,4 +377,22 @@ def overrides_transfer(wildcards):
 
 
 def overrides_evaluate(wildcards):
-    return _pair(wildcards, "evaluate", "evaluate")
+    return _pair(wildcards, "evaluate", "evaluate_as_is")
+
+
+def evaluation_runs(wildcards):
+    """One override list per transferred variant of a pair and seed, its io.* paths included:
+    the `evaluate` job runs `ctsft.steps.evaluate` once per list, in one process."""
+    runs = []
+    for variant in TRANSFER_VARIANTS:
+        run = with_variant(wildcards, variant)
+        io = {
+            "checkpoint": at("checkpoint", **run),
+            "baseline_metrics": at("proxy_metrics", **wildcards),
+            "metrics": at("metrics", **run),
+        }
+        runs.append(
+            _pair(run, "evaluate", "evaluate")
+            + [f"++io.{key}={hydra_quote(value)}" for key, value in io.items()]
+        )
+    return runs

@@ -46,8 +46,9 @@ def mechanism_table_files():
 
 
 def mechanism_report_files():
-    """The mechanism table (every format) and figure, for `all`; none without a CT-SFT variant."""
-    if not MECHANISM_VARIANTS:
+    """The mechanism table (every format) and figure, for `all`; none without a CT-SFT variant
+    or with `report: {mechanism: false}`."""
+    if not MECHANISM_VARIANTS or not config.get("report", {}).get("mechanism", True):
         return []
     return mechanism_table_files() + [at("figure", figure=FIGURE_MECHANISM)]
 

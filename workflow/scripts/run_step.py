@@ -7,6 +7,11 @@ The job is the same as typing, from the repository root,
     python -m ctsft.steps.<step> <params.overrides...> ++io.<name>=<path> ... threads=<n>
 
 which the log file records on its first line, so any job can be rerun by hand.
+
+A rule with `params.runs` (a list of override lists, each with its own io.* paths) runs the step
+once per list in this one process, each recorded on its own `$ python -m ...` line: the
+start-up and the imports are paid once (the `evaluate` rule scores every method of a pair and
+seed this way). The job fails, and Snakemake removes all its outputs, if any run fails.
 """
 
 import time
@@ -32,13 +37,16 @@ def io_overrides(named: dict[str, str]) -> list[str]:
     return [f"++io.{key}={hydra_quote(path)}" for key, path in named.items()]
 
 
-def build_overrides() -> tuple[str, list[str]]:
+def build_runs() -> tuple[str, list[list[str]]]:
+    """The step and the overrides of each of its runs: `params.runs`, else one run whose io.*
+    are the rule's named inputs and outputs."""
     step = snakemake.params.step
-    overrides = [str(o) for o in snakemake.params.overrides]
-    overrides += io_overrides(dict(snakemake.input.items()))
-    overrides += io_overrides(dict(snakemake.output.items()))
-    overrides.append(f"threads={snakemake.threads}")
-    return step, overrides
+    common = [str(o) for o in snakemake.params.overrides]
+    runs = getattr(snakemake.params, "runs", None)
+    if runs is None:
+        io = io_overrides(dict(snakemake.input.items()))
+        runs = [io + io_overrides(dict(snakemake.output.items()))]
+    return step, [common + [str(o) for o in run] + [f"threads={snakemake.threads}"] for run in runs]
 
 
 def _fault(err: Exception, step: str, log_file) -> int:
@@ -60,7 +68,7 @@ def _fault(err: Exception, step: str, log_file) -> int:
 
 def main() -> int:
     before_script = process_age() - (time.monotonic() - T_SCRIPT)
-    step, overrides = build_overrides()
+    step, runs = build_runs()
     with open(snakemake.log[0], "w") as log_file:
         # Everything the step prints or logs goes to the rule's log file.
         sys.stdout = sys.stderr = log_file
@@ -70,23 +78,25 @@ def main() -> int:
             stream=log_file,
             force=True,
         )
-        print("$ python -m ctsft.steps." + step + " " + shlex.join(overrides), flush=True)
         try:
             module = importlib.import_module(f"ctsft.steps.{step}")
             t_imported = time.monotonic()
-            cfg = compose(overrides)
-            setup(cfg)
-            t_composed = time.monotonic()
-            module.run(cfg)
-            logging.getLogger("ctsft.timing").info(
-                "start-up %.1f s (interpreter and Snakemake preamble %.1f s, imports %.1f s, "
-                "config %.1f s), step %.1f s",
-                t_composed - T_SCRIPT + before_script,
-                before_script,
-                t_imported - T_SCRIPT,
-                t_composed - t_imported,
-                time.monotonic() - t_composed,
-            )
+            for i, overrides in enumerate(runs):
+                print("$ python -m ctsft.steps." + step + " " + shlex.join(overrides), flush=True)
+                t_start = time.monotonic()
+                cfg = compose(overrides)
+                setup(cfg)
+                t_composed = time.monotonic()
+                module.run(cfg)
+                logging.getLogger("ctsft.timing").info(
+                    "start-up %.1f s (interpreter and Snakemake preamble %.1f s, imports %.1f s, "
+                    "config %.1f s), step %.1f s",
+                    (t_composed - T_SCRIPT + before_script) if i == 0 else 0.0,
+                    before_script if i == 0 else 0.0,
+                    (t_imported - T_SCRIPT) if i == 0 else 0.0,
+                    t_composed - t_start,
+                    time.monotonic() - t_composed,
+                )
         except CtsftError as err:
             print(f"error: {err}", file=log_file, flush=True)
             print(f"error: {err} (log: {snakemake.log[0]})", file=sys.__stderr__, flush=True)

@@ -5,7 +5,9 @@
 
 forgetting = proxy test accuracy of this checkpoint - `proxy_accuracy` of io.baseline_metrics.
 % parameters updated comes from the checkpoint's training record (0 for a method that trains
-nothing, such as zero_shot, which evaluates the proxy checkpoint as is).
+nothing, such as zero_shot, which evaluates the proxy checkpoint as is), of two denominators: all
+weights (`params_updated_pct`) and the weights a method could train, all but a frozen token-embedding
+table (`params_updated_pct_trainable`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ctsft.models.checkpoint import own_weights
 from ctsft.provenance import provenance, sha256_file
 from ctsft.runtime import oom_hint, runtime_from_cfg
 from ctsft.tracking import log_evaluation
+from ctsft.train.methods import embedding_parameter_names
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,11 @@ def run(cfg: DictConfig) -> dict:
     method = str(cfg.method.name)
     trained = method_trains(cfg.method)
     total = sum(p.numel() for p in model.hf.parameters())
+    # the weights a method could train: all but the token-embedding table model.freeze_embeddings
+    # freezes (96M of e5-small's 118M), the denominator that does not flatter a sparse method
+    params = dict(model.hf.named_parameters())
+    frozen = embedding_parameter_names(model.hf) if cfg.model.get("freeze_embeddings") else []
+    trainable_total = total - sum(params[name].numel() for name in frozen)
     updated = int(training.get("trainable", 0)) if trained else 0
     baseline, baseline_predictions = _baseline(cfg.io.get("baseline_metrics"))
     prov = provenance(
@@ -127,6 +135,8 @@ def run(cfg: DictConfig) -> dict:
         "params_updated": updated,
         "params_total": total,
         "params_updated_pct": 100.0 * updated / total if total else 0.0,
+        "params_trainable_total": trainable_total,
+        "params_updated_pct_trainable": 100.0 * updated / trainable_total if trainable_total else 0.0,
         "training_steps": training.get("steps") if trained else 0,
         "timings": {
             "load_s": loaded - started,

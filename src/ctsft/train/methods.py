@@ -10,7 +10,9 @@ Kinds (PEFT's `register_peft_method` is the model):
   baseline).
 - `heads`: the q/k/v rows and o columns (and bias slices) of the heads `method.heads` names in the
   circuit JSON (`ctsft`, `near_zero`, `random_heads`), via `adapter.head_slices`, plus every
-  LayerNorm/RMSNorm parameter when `method.train_norms`. Under grouped-query attention
+  LayerNorm/RMSNorm parameter when `method.train_norms`. With `heads: random` and an int
+  `method.seed` (`random_heads`: the run's seed) the k heads are drawn anew with that seed
+  (`draw_heads`) instead of read from the circuit's one draw. Under grouped-query attention
   `kv_policy: shared` also trains the k/v rows of the key/value head each chosen query head reads
   (shared with the rest of its group, so the group's other heads see the change); `frozen` trains
   only q rows and o columns.
@@ -294,6 +296,8 @@ def _plan_heads(plan: TrainablePlan, inputs: PlanInputs) -> None:
     circuit = inputs.need_circuit("trains selected heads")
     method = inputs.method
     plan.heads = circuit_heads(circuit, str(method["heads"]), geo.n_layers, geo.n_heads)
+    if method["heads"] == "random" and method.get("seed") is not None:
+        plan.heads = draw_heads(len(plan.heads), geo.n_layers, geo.n_heads, _method_seed(method))
     plan.entries = head_entries(
         inputs.adapter, plan.heads, str(method["kv_policy"]), bool(method["train_norms"])
     )
@@ -363,6 +367,13 @@ def sample_indices(n: int, k: int, seed: int) -> NDArray[np.int64]:
         _, first = np.unique(drawn, return_index=True)  # first occurrences, in draw order
         chosen = drawn[np.sort(first)][:k]
     return np.sort(chosen)
+
+
+def draw_heads(k: int, n_layers: int, n_heads: int, seed: int) -> list[tuple[int, int]]:
+    """k distinct heads drawn uniformly from all of them, in (layer, head) order: `random_heads`
+    draws its own with the transfer seed, so each seed's run trains a different set."""
+    flat = sample_indices(n_layers * n_heads, k, seed)
+    return [(int(i) // n_heads, int(i) % n_heads) for i in flat]
 
 
 def _method_seed(method: Mapping[str, Any]) -> int:
