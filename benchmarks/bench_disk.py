@@ -93,7 +93,6 @@ ADAPTER_CONFIG_BYTES = 1_000  # PEFT adapter_config.json
 LOG_BYTES, BENCHMARK_BYTES = 4_000, 250
 METRICS_BYTES = 6_500  # metrics.json with its provenance record (6.3 KB measured)
 SMALL_OUTPUTS = {  # rule -> bytes of its outputs that do not depend on the model
-    "evaluate": METRICS_BYTES,
     "evaluate_proxy": METRICS_BYTES,
     "select_circuit": 4_000,
     "faithfulness": 6_000,
@@ -375,8 +374,9 @@ def predict(configfile: str, sets: list[str], dry_run: bool = True) -> Predictio
     for variant in all_variants:
         runs = [(t, p, g) for t, p, g in pairs(config)]
         n_seeds = len(seeds) if variant.transfer else 1
-        jobs["evaluate"] += len(runs) * n_seeds
+        jobs["evaluation"] += len(runs) * n_seeds  # one metrics.json each
         if not variant.transfer:
+            jobs["evaluate_as_is"] += len(runs)
             continue
         is_full_ft = variant.method.get("kind") == "all"
         temporary = is_full_ft and not keep_full
@@ -393,7 +393,9 @@ def predict(configfile: str, sets: list[str], dry_run: bool = True) -> Predictio
         count = len(runs) * n_seeds
         note = "/".join(sorted(formats))
         pred.rows.append(Row(f"transfer {variant.name}", count, total // count, temporary, note))
-    pred.jobs = dict(jobs)
+    n_transferred = sum(v.transfer for v in all_variants)
+    jobs["evaluate"] = len(pairs(config)) * len(seeds) if n_transferred else 0  # per pair and seed
+    pred.jobs = {rule: n for rule, n in jobs.items() if n}
 
     # small artifacts: mu, scores + heatmap, records, tables, logs (estimates)
     hf = meta_model(model, 3)
@@ -406,12 +408,14 @@ def predict(configfile: str, sets: list[str], dry_run: bool = True) -> Predictio
     if pred.dry_run is not None:
         planned = counts.get("transfer", 0) + counts.get("transfer_temp", 0)
         mine = jobs["transfer"] + jobs["transfer_temp"]
-        if planned != mine or counts.get("evaluate", 0) != jobs["evaluate"]:
+        evaluations = (counts.get("evaluate", 0), counts.get("evaluate_as_is", 0))
+        if planned != mine or evaluations != (jobs["evaluate"], jobs["evaluate_as_is"]):
             raise SystemExit(
-                f"error: {configfile}: {mine} transfers / {jobs['evaluate']} evaluations expanded "
-                f"here, snakemake -n plans {planned} / {counts.get('evaluate')}: update this script"
-            )
-    small = sum(counts.get(rule, 0) * size for rule, size in SMALL_OUTPUTS.items())
+                f"error: {configfile}: {mine} transfers / {jobs['evaluate']} + {jobs['evaluate_as_is']} evaluation jobs expanded "
+                f"here, snakemake -n plans {planned} / {evaluations[0]} + {evaluations[1]}: update this script"
+            )  # fmt: skip
+    small = jobs["evaluation"] * METRICS_BYTES
+    small += sum(counts.get(rule, 0) * size for rule, size in SMALL_OUTPUTS.items())
     n_jobs = sum(n for rule, n in counts.items() if rule != "all")
     small += n_jobs * (LOG_BYTES + BENCHMARK_BYTES)
     pred.rows.append(Row("records, tables, figures, logs", 1, small, note="estimate"))

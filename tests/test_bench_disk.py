@@ -88,11 +88,16 @@ def test_meta_models_have_the_real_parameter_counts() -> None:
 
 
 def test_tiny_config_expands_as_snakemake_plans_it() -> None:
-    """config/tiny.yaml with temporary full checkpoints: 3 transfers (full_ft's temporary), 4
-    evaluations; predict() itself stops if `snakemake -n` plans other counts."""
+    """config/tiny.yaml with temporary full checkpoints: per (target, seed) 3 transfers (full_ft's
+    temporary), one evaluate job writing their 3 metrics files, zero-shot's evaluation per target;
+    predict() itself stops if `snakemake -n` plans other counts."""
     pred = bench_disk.predict("config/tiny.yaml", ["keep_full_checkpoints=false"])
-    assert pred.jobs == {"evaluate": 4, "transfer": 2, "transfer_temp": 1}
-    assert (pred.dry_run["transfer"], pred.dry_run["transfer_temp"]) == (2, 1)
+    runs = 2 * 2  # jav, sun x seeds 0, 1
+    assert pred.jobs == {
+        "evaluation": 3 * runs + 2, "evaluate": runs, "evaluate_as_is": 2,
+        "transfer": 2 * runs, "transfer_temp": runs,
+    }  # fmt: skip
+    assert (pred.dry_run["transfer"], pred.dry_run["transfer_temp"]) == (2 * runs, runs)
     rows = {row.kind: row for row in pred.rows}
     assert rows["transfer full_ft"].temporary and rows["transfer full_ft"].note == "full"
     assert rows["transfer ctsft/k2"].note.startswith("trained")

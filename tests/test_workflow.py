@@ -100,11 +100,12 @@ def test_paper_grid_plans_every_job():
     counts = plan()  # config/config.yaml is the Snakefile's default configfile
     pairs = 2 * (NUSAX_LANGS - 1) + (XNLI_LANGS - 1)  # ind and eng -> NusaX, en -> XNLI
     seeds, ks = 4, 1
-    trained = 1 + 4 * ks  # full_ft + (ctsft, near_zero, random_heads, lora) per k
+    trained = 1 + 5 * ks  # full_ft + (ctsft, near_zero, random_heads, sparse_random, lora) per k
     # full_ft's checkpoints are temporary in the paper grid (keep_full_checkpoints: false)
     assert counts["transfer_temp"] == pairs * seeds == 144
-    assert counts["transfer"] + counts["transfer_temp"] == pairs * trained * seeds == 720
-    assert counts["evaluate"] == pairs * (trained * seeds + 1) == 756  # + zero-shot once
+    assert counts["transfer"] + counts["transfer_temp"] == pairs * trained * seeds == 864
+    assert counts["evaluate"] == pairs * seeds == 144  # every transferred method of a pair and seed
+    assert counts["evaluate_as_is"] == pairs == 36  # zero-shot: theta_1 on each target, once
     for rule in ("finetune", "evaluate_proxy", "mean_baseline", "score_heads"):
         assert counts[rule] == 3, rule  # one per (task, proxy)
     assert counts["select_circuit"] == counts["faithfulness"] == 3 * ks
@@ -139,7 +140,8 @@ def test_quick_config_replaces_the_paper_grid(tmp_path):
         "faithfulness": 2,
         # jav, sun, bug, sw x full_ft, ctsft, near_zero, lora, sparse_random, norms_only
         "transfer": 4 * 6,
-        "evaluate": 4 * 7,  # + zero_shot
+        "evaluate": 4,  # per pair (1 seed): its 6 transferred methods
+        "evaluate_as_is": 4,  # zero_shot
         "tables": 1,
         "figures": 1,
         "mechanism": 4,  # jav, sun, bug, sw x ctsft (1 k, 1 seed)
@@ -149,6 +151,8 @@ def test_quick_config_replaces_the_paper_grid(tmp_path):
 
 
 def test_one_pair_runs_only_its_chain(tmp_path):
+    """One method's metrics of a pair: the pair's chain; its evaluation job scores (so needs)
+    every method transferred for that pair and seed."""
     target = f"{tmp_path}/r/nusax/e5_small/ind-jav/ctsft/k0.05/seed0/metrics.json"
     counts = plan_quick(tmp_path, target)
     assert counts == {
@@ -158,7 +162,7 @@ def test_one_pair_runs_only_its_chain(tmp_path):
         "mean_baseline": 1,
         "score_heads": 1,
         "select_circuit": 1,
-        "transfer": 1,
+        "transfer": 6,
         "evaluate": 1,
     }
 
@@ -171,7 +175,7 @@ def test_model_switch_plans_without_network(tmp_path):
         f"models_dir={tmp_path}/m",
     )
     assert counts["prepare_model"] == 1
-    assert counts["transfer"] + counts["transfer_temp"] == 720  # full_ft's are temp() here
+    assert counts["transfer"] + counts["transfer_temp"] == 864  # full_ft's are temp() here
     assert not (tmp_path / "m").exists()
 
 
@@ -302,6 +306,8 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
     cfg = load_config("tiny")
     methods = [m["name"] for m in cfg["methods"]]
     targets = cfg["experiments"][0]["targets"]
+    seeds = cfg["seeds"]
+    assert len(targets) == len(seeds) == 2  # the multi-seed, multi-target statistics path
 
     # 1. the whole DAG, for real
     snakemake("--cores", "2", *tiny_args(results), timeout=1800)
@@ -338,8 +344,9 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
     shutil.copytree(REPO.parent / "shared" / "data" / "nusax", moved / "nusax")
     monkeypatch.setenv("CTSFT_DATA_ROOT", str(moved))
     counts = plan(*tiny_args(results))
-    assert counts["finetune"] == 1 and counts["transfer"] == len(targets) * 3, counts
-    assert counts["evaluate"] == len(targets) * len(methods) and "prepare_model" not in counts
+    assert counts["finetune"] == 1 and counts["transfer"] == len(targets) * len(seeds) * 3, counts
+    assert counts["evaluate"] == len(targets) * len(seeds) and "prepare_model" not in counts
+    assert counts["evaluate_as_is"] == len(targets)
     monkeypatch.delenv("CTSFT_DATA_ROOT")
 
     # 3. changing only ctsft's training settings reruns only ctsft and what depends on it
@@ -350,8 +357,9 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
     edited_file = tmp_path / "tiny_ctsft_edit.yaml"
     edited_file.write_text(yaml.safe_dump(edited))
     counts = plan(*tiny_args(results, edited_file))
+    runs = len(targets) * len(seeds)
     assert counts == {
-        "transfer": 1, "evaluate": 1, "mechanism": 1, "mechanism_report": 1,  # ctsft's mechanism
+        "transfer": runs, "evaluate": runs, "mechanism": runs, "mechanism_report": 1,
         "tables": 1, "figures": 1, "all": 1,
     }  # fmt: skip
 
