@@ -45,7 +45,10 @@ def test_each_run_gets_its_own_config_in_order(tmp_path: Path) -> None:
     ]
     code, log = _script(tmp_path, runs, fake)
     assert code == 0, log
-    assert seen == [("ctsft", f"{tmp_path}/a.json", 3, 1), ("near_zero", f"{tmp_path}/b.json", 3, 1)]
+    assert seen == [
+        ("ctsft", f"{tmp_path}/a.json", 3, 1),
+        ("near_zero", f"{tmp_path}/b.json", 3, 1),
+    ]
     commands = [line for line in log.splitlines() if line.startswith("$ python -m ctsft.steps.fake_runs")]  # fmt: skip
     assert len(commands) == 2 and "method=near_zero" in commands[1]
     assert "ignored" not in log  # the named inputs are not passed when the runs name their io

@@ -136,7 +136,9 @@ def run(cfg: DictConfig) -> dict:
         "params_total": total,
         "params_updated_pct": 100.0 * updated / total if total else 0.0,
         "params_trainable_total": trainable_total,
-        "params_updated_pct_trainable": 100.0 * updated / trainable_total if trainable_total else 0.0,
+        "params_updated_pct_trainable": 100.0 * updated / trainable_total
+        if trainable_total
+        else 0.0,
         "training_steps": training.get("steps") if trained else 0,
         "timings": {
             "load_s": loaded - started,
