@@ -60,6 +60,11 @@ TEMPLATES: dict[str, str] = {
 #: Table file name of each task (also the wandb group), the forgetting table, their formats.
 TABLE_OF_TASK = {"nusax": "table1_nusax", "xnli": "table2_xnli"}
 TABLE_FORGETTING = "table3_forgetting"
+#: The statistics of the config's `compare` and `claims` (ctsft.report.claims): every comparison
+#: across the languages of a proxy, one row per method against the reference, the paper's claims.
+TABLE_COMPARISONS = "comparisons"
+TABLE_SUMMARY = "summary"
+TABLE_CLAIMS = "claims"
 TABLE_FORMATS = ("csv", "md", "tex")
 FIGURES = ("accuracy_vs_params", "forgetting", "tradeoff")
 #: Table and figure of the mechanism-transfer comparison (rule mechanism_report; only built when a
