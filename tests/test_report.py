@@ -99,7 +99,8 @@ def test_table1_means_and_stds(grid, tmp_path):
     assert "| ind → jav |" in md
     assert "60.0 ± 14.1 / 55.0 ± 14.1" in md  # full_ft at jav, in %
     assert "| 40.0 / 30.0 |" in md  # zero-shot: one run, no ±
-    assert "| average |" in md and "| % params updated |" in md
+    assert "| average |" in md and "| % params updated (of all weights) |" in md
+    assert "| % params updated (of trainable weights) | – |" in md  # records that predate it
     tex = (tmp_path / "tables/table1_nusax.tex").read_text()
     assert r"60.0 $\pm$ 14.1" in tex and r"\toprule" in tex and r"full\_ft" in tex
 
@@ -159,18 +160,29 @@ def test_unplaceable_metrics_file_is_a_readable_error(tmp_path):
         read_records([tmp_path / "nope" / "metrics.json"])
 
 
+ROLES = {"method": "ctsft", "near_zero": "near_zero", "zero_shot": "zero_shot"}
+
+
 def test_tradeoff_points(grid):
-    points = tradeoff_points(read_records(grid)).set_index(["task", "target"])
+    points = tradeoff_points(read_records(grid), ROLES).set_index(["task", "target"])
     # jav: ctsft 0.62 - near_zero 0.56 at zero-shot 0.40; sun: 0.71 - 0.75 at 0.70
     assert points.loc[("nusax", "jav"), "gain"] == pytest.approx(0.06)
     assert points.loc[("nusax", "jav"), "zero_shot"] == pytest.approx(0.40)
     assert points.loc[("nusax", "sun"), "gain"] == pytest.approx(-0.04)
     assert ("xnli", "de") not in points.index  # no near_zero run there
+    # the spread over the seeds both ran: jav 0.60 - 0.55 and 0.64 - 0.57
+    assert points.loc[("nusax", "jav"), "seed_sd"] == pytest.approx(0.02 / math.sqrt(2))
+    assert math.isnan(points.loc[("nusax", "sun"), "seed_sd"])  # one seed
+    # the roles come from the config: other names, other points; no roles, no points
+    renamed = {**ROLES, "near_zero": "full_ft"}
+    other = tradeoff_points(read_records(grid), renamed).set_index(["task", "target"])
+    assert other.loc[("nusax", "jav"), "gain"] == pytest.approx(0.02)  # 0.62 - 0.60
+    assert tradeoff_points(read_records(grid)).empty
 
 
 def test_figures_are_drawn(grid, tmp_path):
     outputs = {name: tmp_path / "fig" / f"{name}.png" for name in FIGURES}
-    written = build_figures(grid, outputs)
+    written = build_figures(grid, outputs, claims=ROLES)
     for name in FIGURES:
         assert written[name].stat().st_size > 1000
         assert written[name].read_bytes()[:4] == b"\x89PNG"
@@ -182,6 +194,14 @@ def test_entry_points(grid, tmp_path, capsys):
     root = grid[0].parents[5]  # the results folder
     assert tables.main(["--out", str(tmp_path / "t"), str(root)]) == 0
     assert (tmp_path / "t/table1_nusax.md").exists()
+    # compare and claims of config/config.yaml (the default Snakemake config), then --configfile's
+    assert (tmp_path / "t/claims.md").exists() and (tmp_path / "t/summary.md").exists()
+    quick = Path(__file__).resolve().parents[1] / "config/quick.yaml"
+    assert tables.main(["--configfile", str(quick), "--out", str(tmp_path / "q"), str(root)]) == 0
+    assert (
+        "from full_ft / near_zero / sparse_random / norms_only"
+        not in (tmp_path / "q/table1_nusax.md").read_text()
+    )  # no per-row predictions in these records: no tests, no marks
     assert figures.main(["--out", str(tmp_path / "f"), str(root)]) == 0
     assert (tmp_path / "f/tradeoff.png").exists()
     (tmp_path / "empty").mkdir()
@@ -220,3 +240,31 @@ def test_table_writers_give_the_exact_text() -> None:
             "",
         ]
     )
+
+
+def test_the_report_front_page_lists_the_methods_the_config_ran() -> None:
+    """workflow/report/workflow.rst (Jinja over snakemake.config): the quick run's methods and
+    comparisons, nothing it did not run."""
+    import jinja2
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    default = yaml.safe_load((repo / "config/config.yaml").read_text())
+    quick = yaml.safe_load((repo / "config/quick.yaml").read_text())
+    config = {**default, **quick, "compare": {**default["compare"], **quick["compare"]}}
+    page = jinja2.Template((repo / "workflow/report/workflow.rst").read_text()).render(
+        snakemake=type("S", (), {"config": config})
+    )
+    methods = page.split("Methods this run evaluated", 1)[1].split("Compared", 1)[0]
+    for name in (
+        "zero_shot",
+        "full_ft",
+        "ctsft",
+        "near_zero",
+        "lora",
+        "sparse_random",
+        "norms_only",
+    ):
+        assert f"**{name}**" in methods
+    assert "random_heads" not in page  # the quick run has none
+    assert "**ctsft** against full_ft, near_zero, sparse_random, norms_only" in page

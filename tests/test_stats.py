@@ -1,28 +1,188 @@
-"""Bootstrap intervals and paired tests (ctsft.report.stats), and the tables that show them."""
+"""The statistics of the tables (ctsft.report.stats) against hand-computed examples: Holm's
+correction, the hierarchical bootstrap (planted differences), Spearman's permutation p, the
+claims' verdict rule, and the cell intervals."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import itertools
+import math
 
 import numpy as np
-import pandas as pd
 import pytest
+from scipy.stats import spearmanr
 
-from ctsft.report.stats import accuracy_interval, macro_f1_interval, paired_difference
-from ctsft.report.tables import build_tables
+from ctsft.report.stats import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    SUPPORTED,
+    accuracy_interval,
+    across_languages,
+    holm,
+    interval,
+    macro_f1_interval,
+    paired_difference,
+    paired_samples,
+    permutation_p,
+    rank_correlation,
+    rng_for,
+    verdict,
+)
 
 N = 400
 GOLD = [i % 3 for i in range(N)]
 
 
 def predictions(accuracy: float, seed: int) -> list[int]:
-    """Predictions right on the first `accuracy * N` rows of a shuffled order, wrong elsewhere."""
+    """Predictions right on `accuracy * N` rows of a shuffled order, wrong elsewhere."""
     rng = np.random.default_rng(seed)
     right = set(rng.permutation(N)[: int(round(accuracy * N))].tolist())
     return [g if i in right else (g + 1) % 3 for i, g in enumerate(GOLD)]
 
 
+def correct(accuracy: float, seed: int, n: int = N) -> np.ndarray:
+    """0/1 row outcomes with exactly `accuracy * n` ones, in a shuffled order."""
+    out = np.zeros(n)
+    out[np.random.default_rng(seed).permutation(n)[: int(round(accuracy * n))]] = 1
+    return out
+
+
+def improved(base: np.ndarray, points: float, seed: int) -> np.ndarray:
+    """`base` with `points` (a fraction) of its rows turned from wrong to right."""
+    out = base.copy()
+    wrong = np.flatnonzero(out == 0)
+    flip = np.random.default_rng(seed).permutation(wrong)[: int(round(points * len(out)))]
+    out[flip] = 1
+    return out
+
+
+# ---------------------------------------------------------------- Holm
+def test_holm_on_a_known_list() -> None:
+    # sorted: 0.005 x4 = 0.02, 0.01 x3 = 0.03, 0.03 x2 = 0.06, 0.04 x1 = 0.04 -> max(0.06, 0.04)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # made non-decreasing: 0.01 x3 = 0.03, 0.02 x2 = 0.04, 0.025 x1 -> 0.04
+    assert holm([0.025, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    # a NaN is no test (m = 3) and stays NaN; 0.01 x3 = 0.03, 0.55 x2 = 1.1 -> 1, 0.6 x1 -> 1
+    adjusted = holm([0.6, math.nan, 0.55, 0.01])
+    assert math.isnan(adjusted[1])
+    assert adjusted[[0, 2, 3]] == pytest.approx([1.0, 1.0, 0.03])
+    assert len(holm([])) == 0
+
+
+# ---------------------------------------------------------------- one target: seeds and rows
+def test_hierarchical_bootstrap_finds_a_planted_difference() -> None:
+    """Four seeds of a method 10 points better on the same rows: the interval holds +10 and
+    excludes 0; the same accuracy on other rows: the interval holds 0."""
+    base = np.stack([correct(0.65 + 0.02 * s, s) for s in range(4)])
+    better = np.stack([improved(b, 0.10, 10 + s) for s, b in enumerate(base)])
+    samples = paired_samples(better, base, paired_seeds=True, rng=rng_for("planted"))
+    lo, hi = interval(samples)
+    assert 0 < lo < 0.10 < hi
+    assert hi - lo < 0.06  # paired on the same rows: much sharper than two binomial intervals
+
+    shuffled = np.stack([correct(0.65 + 0.02 * s, 100 + s) for s in range(4)])  # same accuracy
+    lo, hi = interval(paired_samples(shuffled, base, paired_seeds=True, rng=rng_for("zero")))
+    assert lo < 0 < hi
+
+
+def test_hierarchical_bootstrap_resamples_the_seeds() -> None:
+    """A difference of +20 points on two seeds and -20 on the other two: mean 0, and the seed
+    spread (not the rows) makes the interval wide; every seed alike gives a narrow one."""
+    base = np.stack([correct(0.5, s) for s in range(4)])
+    swing = np.stack([improved(b, 0.20, s) if s % 2 == 0 else b for s, b in enumerate(base)])
+    swing_base = np.stack([b if s % 2 == 0 else improved(b, 0.20, s) for s, b in enumerate(base)])
+    lo, hi = interval(paired_samples(swing, swing_base, True, rng=rng_for("swing")))
+    assert lo < 0 < hi and hi - lo > 0.2
+    steady = np.stack([improved(b, 0.0, s) for s, b in enumerate(base)])
+    lo, hi = interval(paired_samples(steady, base, True, rng=rng_for("steady")))
+    assert lo == hi == 0  # the same predictions on every seed and row
+
+
+def test_paired_test_sees_a_small_difference_on_the_same_rows() -> None:
+    base = predictions(0.70, 2)
+    better = list(base)
+    wrong = [i for i in range(N) if base[i] != GOLD[i]]
+    for i in wrong[:24]:  # 6 points better on the same rows, nothing worse
+        better[i] = GOLD[i]
+    diff = paired_difference([better], [base], GOLD)
+    assert diff["difference"] == pytest.approx(0.06)
+    assert diff["p_value"] < 0.01 and diff["ci_lo"] > 0
+    # unpaired, the two 95% intervals overlap: the pairing is what detects it
+    a, b = accuracy_interval([better], GOLD), accuracy_interval([base], GOLD)
+    assert a[0] < b[1]
+    same = paired_difference([base], [base], GOLD)
+    assert same["difference"] == 0 and same["p_value"] == 1.0
+
+
+# ---------------------------------------------------------------- across languages
+def _languages(points: list[float], seeds: int = 3) -> tuple[list[float], list[np.ndarray]]:
+    estimates, samples = [], []
+    for t, p in enumerate(points):
+        base = np.stack([correct(0.6, 10 * t + s) for s in range(seeds)])
+        if p >= 0:
+            a, b = np.stack([improved(x, p, t + s) for s, x in enumerate(base)]), base
+        else:
+            a, b = base, np.stack([improved(x, -p, t + s) for s, x in enumerate(base)])
+        estimates.append(float(a.mean() - b.mean()))
+        samples.append(paired_samples(a, b, True, rng=rng_for("lang", t)))
+    return estimates, samples
+
+
+def test_across_languages_interval_holds_a_planted_difference() -> None:
+    estimates, samples = _languages([0.10] * 6)
+    lo, hi = interval(across_languages(estimates, samples, rng=rng_for("all+10")))
+    assert np.mean(estimates) == pytest.approx(0.10)
+    assert 0 < lo < 0.10 < hi
+
+
+def test_across_languages_resamples_the_languages() -> None:
+    """+10 points on three languages, -10 on three: the mean is 0 and the interval, wide from the
+    spread between languages, holds it."""
+    estimates, samples = _languages([0.10, -0.10] * 3)
+    lo, hi = interval(across_languages(estimates, samples, rng=rng_for("mixed")))
+    assert np.mean(estimates) == pytest.approx(0.0)
+    assert lo < 0 < hi and hi - lo > 0.1
+
+
+# ---------------------------------------------------------------- Spearman
+def _exact_p(x: list[float], y: list[float]) -> float:
+    rho = abs(spearmanr(x, y)[0])
+    rhos = [abs(spearmanr(x, list(perm))[0]) for perm in itertools.permutations(y)]
+    return float(np.mean([r >= rho - 1e-12 for r in rhos]))
+
+
+def test_spearman_permutation_p_on_a_constructed_example() -> None:
+    x = [0.45, 0.52, 0.58, 0.61, 0.70, 0.77]
+    reverse = [0.09, 0.05, 0.04, 0.01, -0.02, -0.06]  # the easier, the smaller: rho = -1
+    assert rank_correlation(x, reverse) == pytest.approx(-1.0)
+    # only the exact order and its reverse reach |rho| = 1: p = 2 / 6! = 0.0028
+    assert permutation_p(x, reverse) == pytest.approx(2 / 720, abs=0.001)
+    weak = [0.03, -0.01, 0.05, 0.00, 0.02, -0.03]
+    assert rank_correlation(x, weak) == pytest.approx(spearmanr(x, weak)[0])
+    assert permutation_p(x, weak) == pytest.approx(_exact_p(x, weak), abs=0.015)
+    ties = [1, 1, 2, 3, 3, 4]
+    assert rank_correlation(x, ties) == pytest.approx(spearmanr(x, ties)[0])
+    assert math.isnan(rank_correlation(x, [1.0] * 6))
+
+
+# ---------------------------------------------------------------- verdicts
+@pytest.mark.parametrize(
+    "lo, hi, direction, expected",
+    [
+        (0.01, 0.05, +1, SUPPORTED),
+        (-0.05, -0.01, +1, CONTRADICTED),
+        (-0.01, 0.02, +1, INCONCLUSIVE),
+        (-0.8, -0.1, -1, SUPPORTED),  # rho claimed negative
+        (0.1, 0.8, -1, CONTRADICTED),
+        (-0.7, 0.2, -1, INCONCLUSIVE),
+        (0.0, 0.05, +1, INCONCLUSIVE),  # touching 0 does not exclude it
+        (math.nan, math.nan, +1, INCONCLUSIVE),
+    ],
+)
+def test_verdict_rule(lo: float, hi: float, direction: int, expected: str) -> None:
+    assert verdict(lo, hi, direction) == expected
+
+
+# ---------------------------------------------------------------- cell intervals
 def test_accuracy_interval_is_the_binomial_width_around_the_accuracy() -> None:
     lo, hi = accuracy_interval([predictions(0.7, 0)], GOLD)
     assert lo < 0.7 < hi
@@ -47,60 +207,3 @@ def test_macro_f1_interval_contains_the_macro_f1() -> None:
     )
     lo, hi = macro_f1_interval([preds], GOLD, 3, n_boot=500)
     assert lo < f1 < hi and hi - lo < 0.15
-
-
-def test_paired_test_sees_a_small_difference_on_the_same_rows() -> None:
-    base = predictions(0.70, 2)
-    better = list(base)
-    wrong = [i for i in range(N) if base[i] != GOLD[i]]
-    for i in wrong[:24]:  # 6 points better on the same rows, nothing worse
-        better[i] = GOLD[i]
-    diff = paired_difference([better], [base], GOLD)
-    assert diff["difference"] == pytest.approx(0.06)
-    assert diff["p_value"] < 0.01 and diff["ci_lo"] > 0
-    # unpaired, the two 95% intervals overlap: the pairing is what detects it
-    a, b = accuracy_interval([better], GOLD), accuracy_interval([base], GOLD)
-    assert a[0] < b[1]
-    same = paired_difference([base], [base], GOLD)
-    assert same["difference"] == 0 and same["p_value"] == 1.0
-
-
-def _write(root: Path, variant: str, acc: float, seed: int) -> Path:
-    path = root / f"nusax/m/ind-jav/{variant}/seed0/metrics.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    preds = predictions(acc, seed)
-    before = predictions(0.80, 99)
-    after = before if variant == "ctsft/k0.05" else predictions(0.60, seed + 50)
-    path.write_text(
-        json.dumps(
-            {
-                "accuracy": float(np.mean(np.array(preds) == GOLD)), "macro_f1": acc - 0.02,
-                "proxy_accuracy": float(np.mean(np.array(after) == GOLD)),
-                "baseline_proxy_accuracy": 0.80, "method": variant.split("/")[0], "seed": 0,
-                "labels": ["negative", "neutral", "positive"], "predictions": preds, "gold": GOLD,
-                "proxy_predictions": after, "proxy_gold": GOLD, "baseline_proxy_predictions": before,
-                "forgetting": float(np.mean(np.array(after) == GOLD)) - 0.80,
-            }
-        )
-    )  # fmt: skip
-    return path
-
-
-def test_tables_show_intervals_and_mark_significant_ctsft_cells(tmp_path: Path) -> None:
-    paths = [
-        _write(tmp_path, "full_ft", 0.60, 0),
-        _write(tmp_path, "ctsft/k0.05", 0.75, 1),
-        _write(tmp_path, "near_zero/k0.05", 0.745, 1),  # nearly the same predictions as ctsft
-    ]
-    build_tables(paths, tmp_path / "tables")
-    t1 = pd.read_csv(tmp_path / "tables/table1_nusax.csv")
-    ct = t1[t1.method == "ctsft"].iloc[0]
-    assert ct.accuracy_ci_lo < ct.accuracy_mean < ct.accuracy_ci_hi
-    assert ct.p_vs_full_ft < 0.001 and ct.p_vs_near_zero > 0.05
-    md = (tmp_path / "tables/table1_nusax.md").read_text()
-    assert "75.0† [" in md and "‡" not in md.split("\n", 1)[1]
-    t3 = pd.read_csv(tmp_path / "tables/table3_forgetting.csv")
-    ct3 = t3[t3.method == "ctsft"].iloc[0]
-    assert ct3.change_ci_lo == 0 == ct3.change_ci_hi  # same predictions as theta_1: no change
-    ft3 = t3[t3.method == "full_ft"].iloc[0]
-    assert ft3.change_ci_hi < 0 < ft3.proxy_accuracy_before  # forgotten, and significantly so

@@ -276,6 +276,26 @@ def _check_experiment(i: int, exp: dict) -> None:
         )
 
 
+def _check_report_names(config: dict) -> None:
+    """`compare` and `claims` name methods of this config, or methods of config/hydra/method
+    that it does not run (skipped by the tables: a --configfile inherits the default config's
+    comparisons); any other name is a typo."""
+    names = [spec["name"] for spec in config["methods"]]
+    known = set(names) | set(method_names())
+    used = [
+        (f"compare.{key}", name)
+        for key, rivals in (config.get("compare") or {}).items()
+        for name in [key, *(rivals or [])]
+    ]
+    used += [(f"claims.{role}", name) for role, name in (config.get("claims") or {}).items() if name]  # fmt: skip
+    for where, name in used:
+        if name not in known:
+            raise _error(
+                f"config: {where} names {name!r}, which is no method: use a name of methods "
+                f"({', '.join(names)})"
+            )
+
+
 def check_config(config: dict) -> None:
     """What the schema cannot say; raises a one-line WorkflowError."""
     names = [spec["name"] for spec in config["methods"]]
@@ -292,6 +312,7 @@ def check_config(config: dict) -> None:
         _check_experiment(i, exp)
     for spec in config["methods"]:
         _check_method(spec)
+    _check_report_names(config)
     model = str(config["model"])
     if model.startswith(HUB_PREFIX):
         check_hub_id(model, _error, "config: ")

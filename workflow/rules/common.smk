@@ -17,9 +17,12 @@ from ctsft.layout import (
     PROXY_JOB,
     RUN_JOB,
     SEED_JOB,
+    TABLE_CLAIMS,
+    TABLE_COMPARISONS,
     TABLE_FORGETTING,
     TABLE_FORMATS,
     TABLE_OF_TASK,
+    TABLE_SUMMARY,
     path,
     variant_name,
 )
@@ -217,11 +220,26 @@ def faithfulness_files():
     return proxy_files("faithfulness", per_k=True)
 
 
+# The statistics of the config's compare and claims (ctsft.report.claims), beside Tables 1-3.
+STATISTICS_TABLES = [TABLE_COMPARISONS, TABLE_SUMMARY, TABLE_CLAIMS]
+
+
 def table_files():
     names = [TABLE_OF_TASK[task] for task in TASKS_RUN] + [TABLE_FORGETTING]
+    names += STATISTICS_TABLES
     return [
         at("table", table=name, format=fmt) for name in names for fmt in TABLE_FORMATS
     ]
+
+
+def table_caption(path):
+    """The report caption of a table file: the paper's tables, or the statistics."""
+    statistics = Path(path).stem in STATISTICS_TABLES
+    return "../report/statistics.rst" if statistics else "../report/tables.rst"
+
+
+def table_category(path):
+    return "Statistics" if Path(path).stem in STATISTICS_TABLES else "Tables"
 
 
 def figure_files():

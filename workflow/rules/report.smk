@@ -1,13 +1,14 @@
 rule tables:
-    """Table 1 (NusaX), Table 2 (XNLI), Table 3 (forgetting): mean +- std over seeds; CSV, Markdown, LaTeX."""
+    """Table 1 (NusaX), Table 2 (XNLI), Table 3 (forgetting), and the comparisons, summary and
+    claims tables of the config's compare and claims; CSV, Markdown, LaTeX."""
     input:
         metrics=metrics_files(),
     output:
         tables=[
             report(
                 path,
-                caption="../report/tables.rst",
-                category="Tables",
+                caption=table_caption(path),
+                category=table_category(path),
                 labels={"table": Path(path).stem, "format": Path(path).suffix[1:]},
             )
             for path in table_files()
@@ -24,6 +25,8 @@ rule tables:
         runtime=5,
     params:
         tasks=TASKS_RUN,
+        compare=config["compare"],
+        claims=config["claims"],
     script:
         "../scripts/tables.py"
 
@@ -61,6 +64,8 @@ rule figures:
     resources:
         mem_mb=2000,
         runtime=5,
+    params:
+        claims=config["claims"],
     script:
         "../scripts/figures.py"
 

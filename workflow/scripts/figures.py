@@ -11,5 +11,6 @@ with open(snakemake.log[0], "w") as log_file:
     sys.stdout = sys.stderr = log_file
     logging.basicConfig(level=logging.INFO, stream=log_file, force=True)
     outputs = {name: getattr(snakemake.output, name) for name in FIGURES}
-    for name, path in build_figures(snakemake.input.metrics, outputs).items():
+    claims = dict(snakemake.params.claims)
+    for name, path in build_figures(snakemake.input.metrics, outputs, claims).items():
         print(name, path)

@@ -4,20 +4,25 @@
   one panel per task and proxy; small dots are (target, seed) runs, large markers the method mean.
 - forgetting: proxy accuracy change by transfer (after − before, negative = forgotten), mean ± std
   over targets and seeds, per method.
-- tradeoff: editing vs. preserving. For every pair, the gain of training the circuit heads over
-  training the NearZero heads (ctsft − near_zero target accuracy, mean over seeds) against the
-  zero-shot accuracy of the pair (how hard the transfer is). The paper's finding: hard transfers
-  (low zero-shot accuracy) favour editing circuit heads, easy ones favour NearZero.
+- tradeoff: editing vs. preserving, the figure of the claim `harder_favours_circuit`
+  (`ctsft.report.claims`). For every target, the gain of training the circuit heads over
+  training the NearZero heads (target accuracy of the config's `claims` roles method − near_zero,
+  mean over seeds, error bar: the sample std of the per-seed gains) against the zero-shot
+  accuracy there (the zero_shot role: how hard the transfer is), with Spearman's rho in the
+  legend. The paper's finding: hard transfers (low zero-shot accuracy) favour editing circuit
+  heads, easy ones favour NearZero, i.e. rho < 0.
 - mechanism_transfer (`mechanism_figure`, from the mechanism records and their per-head TSVs):
   proxy head scores against the same heads' scores on the target language, by theta_1 and by the
   CT-SFT model, one panel each per pair (first seed); proxy circuit heads in red, the target's
   own top-k ringed.
 
-    build_figures(metrics_paths, {"accuracy_vs_params": "a.png", "forgetting": "f.png", "tradeoff": "t.png"})
+    build_figures(metrics_paths, {"accuracy_vs_params": "a.png", "forgetting": "f.png", "tradeoff": "t.png"},
+                  claims={"method": "ctsft", "near_zero": "near_zero", "zero_shot": "zero_shot"})
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -28,8 +33,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ctsft.layout import FIGURES as FIGURES  # noqa: E402  (re-exported: the figure names)
+from ctsft.report.claims import MIN_TARGETS_RHO, difficulty_points  # noqa: E402
 from ctsft.report.mechanism import COMPARISON_LABELS, COMPARISONS, read_mechanism  # noqa: E402
 from ctsft.report.records import method_sort_key, read_records  # noqa: E402
+from ctsft.report.stats import rank_correlation  # noqa: E402
 
 
 def _panels(records: pd.DataFrame) -> list[tuple[str, str]]:
@@ -81,7 +88,7 @@ def accuracy_vs_params(records: pd.DataFrame, out: str | Path) -> Path:
                 label=label,
             )
         ax.set_xscale("symlog", linthresh=0.01)
-        ax.set_xlabel("% parameters updated (symlog)")
+        ax.set_xlabel("% of all weights updated (symlog)")
         ax.set_ylabel("target accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -110,39 +117,43 @@ def forgetting_bars(records: pd.DataFrame, out: str | Path) -> Path:
 
 
 def tradeoff_points(
-    records: pd.DataFrame, edit: str = "ctsft", preserve: str = "near_zero"
+    records: pd.DataFrame, roles: Mapping[str, str | None] | None = None
 ) -> pd.DataFrame:
-    """Per pair: zero-shot accuracy and the mean accuracy gain of `edit` over `preserve`."""
-    labels = sorted(records["label"].unique(), key=method_sort_key)
-    # with several circuit sizes, the first (label order) of each method is compared
-    edit_label = next((lb for lb in labels if lb.split(" ", 1)[0] == edit), None)
-    preserve_label = next((lb for lb in labels if lb.split(" ", 1)[0] == preserve), None)
-    means = (
-        records.groupby(["task", "proxy", "target", "label"])["accuracy"].mean().unstack("label")
-    )
-    if edit_label is None or preserve_label is None or "zero_shot" not in means.columns:
-        return pd.DataFrame(columns=["task", "proxy", "target", "zero_shot", "gain"])
-    edit, preserve = edit_label, preserve_label
-    points = pd.DataFrame(
-        {"zero_shot": means["zero_shot"], "gain": means[edit] - means[preserve]}
-    ).dropna()
-    return points.reset_index()
+    """Per target: zero-shot accuracy and the mean accuracy gain of the `method` role over the
+    `near_zero` role, with its spread over seeds (`ctsft.report.claims.difficulty_points`; the
+    roles are the config's `claims`)."""
+    return difficulty_points(records, roles)
 
 
-def tradeoff(records: pd.DataFrame, out: str | Path) -> Path:
-    points = tradeoff_points(records)
+def _rho_label(points: pd.DataFrame) -> str:
+    """Spearman's rho of the points (claim harder_favours_circuit: claimed < 0), for the legend."""
+    if len(points) < MIN_TARGETS_RHO:
+        return ""
+    rho = rank_correlation(points["zero_shot"], points["gain"])
+    return "" if math.isnan(rho) else f", ρ = {rho:.2f}"
+
+
+def tradeoff(
+    records: pd.DataFrame, out: str | Path, roles: Mapping[str, str | None] | None = None
+) -> Path:
+    points = tradeoff_points(records, roles)
     fig, axes = _figure(1, width=6.0)
     ax = axes[0]
     if points.empty:
-        _empty(ax, "needs zero_shot, ctsft and near_zero evaluations of the same pairs")
+        needs = ", ".join(str((roles or {}).get(r) or r) for r in ("zero_shot", "method", "near_zero"))  # fmt: skip
+        _empty(ax, f"needs {needs} evaluations of the same pairs\n(the config's claims roles)")
     else:
         cmap = plt.get_cmap("tab10")
-        for i, ((task, proxy), group) in enumerate(points.groupby(["task", "proxy"])):
-            ax.scatter(
+        groups = points.groupby(["task", "proxy", "method", "rival"], sort=True)
+        for i, ((task, proxy, method, rival), group) in enumerate(groups):
+            ax.errorbar(
                 group["zero_shot"],
                 group["gain"],
+                yerr=group["seed_sd"].fillna(0.0),
+                fmt="o",
+                capsize=3,
                 color=cmap(i % 10),
-                label=f"{task}, proxy {proxy}",
+                label=f"{task}, proxy {proxy}: {method} − {rival}{_rho_label(group)}",
             )
             for _, row in group.iterrows():
                 ax.annotate(
@@ -154,8 +165,8 @@ def tradeoff(records: pd.DataFrame, out: str | Path) -> Path:
                 )
         ax.axhline(0, color="k", lw=0.8, ls="--")
         ax.set_xlabel("zero-shot target accuracy (transfer difficulty: low = hard)")
-        ax.set_ylabel("accuracy gain: circuit heads (ctsft) − NearZero heads")
-        ax.set_title("editing vs. preserving")
+        ax.set_ylabel("accuracy gain: circuit heads − NearZero heads\n(mean over seeds, ± seed sd)")
+        ax.set_title("editing vs. preserving (claimed: ρ < 0)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -242,13 +253,16 @@ def _save(fig, out: str | Path, dpi: int = 150) -> Path:
 
 
 def build_figures(
-    metrics_paths: Iterable[str | Path], outputs: Mapping[str, str | Path]
+    metrics_paths: Iterable[str | Path],
+    outputs: Mapping[str, str | Path],
+    claims: Mapping[str, str | None] | None = None,
 ) -> dict[str, Path]:
-    """Draw the figures named in `outputs` (a subset of FIGURES) to the given paths."""
+    """Draw the figures named in `outputs` (a subset of FIGURES) to the given paths; `claims`
+    (role -> method, the config's) says which methods the tradeoff figure compares."""
     records = read_records(metrics_paths)
     draw = {
         "accuracy_vs_params": accuracy_vs_params,
         "forgetting": forgetting_bars,
-        "tradeoff": tradeoff,
+        "tradeoff": lambda frame, path: tradeoff(frame, path, claims),
     }
     return {name: draw[name](records, path) for name, path in outputs.items()}

@@ -24,13 +24,18 @@ import pandas as pd
 
 from ctsft.errors import CtsftError
 
-#: Per-row predictions on the shared test rows (lists; None in older metrics files).
+#: Per-row predictions on the shared test rows (lists; None in older metrics files): the ids of
+#: the target test rows (`test_ids`, how runs are paired row by row, `ctsft.report.pairing`), the
+#: predictions and gold labels of those rows, and of the proxy test rows after transfer and by
+#: theta_1 (before); `proxy_test_ids` where a record names the proxy rows too.
 PER_ROW = [
+    "test_ids",
     "predictions",
     "gold",
     "proxy_predictions",
     "proxy_gold",
     "baseline_proxy_predictions",
+    "proxy_test_ids",
 ]
 #: Columns every record has (NaN when neither the path nor the file says).
 COLUMNS = [
@@ -47,13 +52,25 @@ COLUMNS = [
     "proxy_accuracy_before",
     "forgetting",
     "pct_params_updated",
+    "pct_params_updated_trainable",
+    "params_total",
+    "params_trainable_total",
     "path",
     *PER_ROW,
     "n_labels",
 ]
-METRICS = ["accuracy", "macro_f1", "proxy_accuracy", "forgetting", "pct_params_updated"]
+#: % parameters updated, of two denominators: all weights (`pct_params_updated`) and the weights a
+#: method could train, all but a frozen token-embedding table (`pct_params_updated_trainable`; NaN
+#: in metrics files written before it was recorded).
+METRICS = [
+    "accuracy", "macro_f1", "proxy_accuracy", "forgetting", "pct_params_updated",
+    "pct_params_updated_trainable", "params_total", "params_trainable_total",
+]  # fmt: skip
 #: Other names of the same numbers in metrics files.
-ALIASES = {"pct_params_updated": "params_updated_pct"}
+ALIASES = {
+    "pct_params_updated": "params_updated_pct",
+    "pct_params_updated_trainable": "params_updated_pct_trainable",
+}
 KNOWN_TASKS = ("nusax", "xnli")
 
 _SEED = re.compile(r"^seed(\d+)$")
@@ -137,9 +154,19 @@ def read_record(path: str | Path) -> dict:
     return record
 
 
+def _order(record: dict) -> tuple:
+    return tuple(
+        str(record.get(key) or "") if key != "seed" else (record.get("seed") is None, record.get("seed") or 0)
+        for key in ("task", "model", "proxy", "target", "method", "k", "seed", "path")
+    )  # fmt: skip
+
+
 def read_records(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """All runs as a DataFrame with COLUMNS, plus `label`: the method's table row name."""
-    frame = pd.DataFrame([read_record(p) for p in paths], columns=COLUMNS)
+    """All runs as a DataFrame with COLUMNS, plus `label`: the method's table row name. Sorted by
+    their coordinates (then path), so every statistic is the same in whatever order the files
+    are given."""
+    records = sorted((read_record(p) for p in paths), key=_order)
+    frame = pd.DataFrame(records, columns=COLUMNS)
     frame["label"] = method_labels(frame)
     return frame
 
