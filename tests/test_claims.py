@@ -277,6 +277,8 @@ def test_claims_verdicts_follow_the_rule(tmp_path: Path) -> None:
     md = (tmp_path / "t/claims.md").read_text()
     assert "| ctsft beats continued full fine-tuning (full_ft) on target accuracy | supported |" in md  # fmt: skip
     assert "ρ = −1.00 [" in md
+    tex = (tmp_path / "t/claims.tex").read_text()
+    assert r"\begin{tabular}{p{5cm}lrrrp{6cm}}" in tex and r"$\rho$ = $-$1.00 [" in tex
 
     summary = pd.read_csv(tmp_path / "t/summary.csv").set_index("method")
     assert list(summary.index) == ["zero_shot", "full_ft", "ctsft", "near_zero", "random_heads", "sparse_random"]  # fmt: skip

@@ -154,11 +154,16 @@ def test_spearman_permutation_p_on_a_constructed_example() -> None:
     x = [0.45, 0.52, 0.58, 0.61, 0.70, 0.77]
     reverse = [0.09, 0.05, 0.04, 0.01, -0.02, -0.06]  # the easier, the smaller: rho = -1
     assert rank_correlation(x, reverse) == pytest.approx(-1.0)
-    # only the exact order and its reverse reach |rho| = 1: p = 2 / 6! = 0.0028
-    assert permutation_p(x, reverse) == pytest.approx(2 / 720, abs=0.001)
+    # only the exact order and its reverse reach |rho| = 1: p = 2 / 6! (every pairing tried)
+    assert permutation_p(x, reverse) == pytest.approx(2 / 720)
     weak = [0.03, -0.01, 0.05, 0.00, 0.02, -0.03]
     assert rank_correlation(x, weak) == pytest.approx(spearmanr(x, weak)[0])
-    assert permutation_p(x, weak) == pytest.approx(_exact_p(x, weak), abs=0.015)
+    exact = _exact_p(x, weak)
+    assert 0.2 < exact < 0.9 and permutation_p(x, weak) == pytest.approx(exact)
+    # fewer random pairings than 6! = 720: the Monte Carlo p, within its sampling error
+    sampled = permutation_p(x, weak, n_perm=500, rng=rng_for("perm"))
+    assert sampled == pytest.approx(exact, abs=3 * math.sqrt(exact * (1 - exact) / 500))
+    assert permutation_p(x, reverse, n_perm=500, rng=rng_for("perm")) < 0.02
     ties = [1, 1, 2, 3, 3, 4]
     assert rank_correlation(x, ties) == pytest.approx(spearmanr(x, ties)[0])
     assert math.isnan(rank_correlation(x, [1.0] * 6))

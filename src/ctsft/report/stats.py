@@ -21,6 +21,7 @@ always give the same numbers, in whatever order they are read.
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
 from collections.abc import Sequence
@@ -237,17 +238,23 @@ def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def permutation_p(x: Sequence[float], y: Sequence[float], n_perm: int = N_PERM, rng=None) -> float:
-    """Two-sided permutation p of Spearman's rho: the share of random pairings of x with y whose
-    |rho| reaches the observed one (counting the observed pairing: (hits + 1) / (n_perm + 1))."""
+    """Two-sided permutation p of Spearman's rho: the share of pairings of x with y whose |rho|
+    reaches the observed one. Exact (every pairing) when there are at most `n_perm` of them (up
+    to 8 languages at the default), else `n_perm` random ones, counting the observed pairing:
+    (hits + 1) / (n_perm + 1)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     rho = rank_correlation(x, y)
     if math.isnan(rho):
         return math.nan
-    rng = rng if rng is not None else np.random.default_rng(SEED)
-    perms = rng.permuted(np.broadcast_to(y, (n_perm, y.size)), axis=1)
+    exact = math.factorial(y.size) <= n_perm
+    if exact:
+        perms = y[np.array(list(itertools.permutations(range(y.size))))]
+    else:
+        rng = rng if rng is not None else np.random.default_rng(SEED)
+        perms = rng.permuted(np.broadcast_to(y, (n_perm, y.size)), axis=1)
     rhos = rank_correlation(np.broadcast_to(x, perms.shape), perms)
     hits = int(np.sum(np.abs(rhos) >= abs(rho) - 1e-12))
-    return (hits + 1) / (n_perm + 1)
+    return hits / len(perms) if exact else (hits + 1) / (n_perm + 1)
 
 
 def spearman_samples(

@@ -424,12 +424,37 @@ _LATEX_ESCAPES = {
     "$": r"\$",
     "{": r"\{",
     "}": r"\}",
+    "^": r"\^{}",
+    # the symbols of the marks and the statistics tables, as text or maths commands
+    "†": r"\dag{}",
+    "‡": r"\ddag{}",
+    "§": r"\S{}",
+    "¶": r"\P{}",
+    "‖": r"$\|$",
+    "♯": r"$\sharp$",
+    "♭": r"$\flat$",
+    "−": "$-$",
+    "×": r"$\times$",
+    "ρ": r"$\rho$",
+    "Δ": r"$\Delta$",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
 }
 
 
 def _latex_escape(text: str) -> str:
     out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
     return out.replace("±", r"$\pm$").replace("→", r"$\to$").replace("–", "--")
+
+
+#: Columns of sentences: wrapped paragraphs in LaTeX.
+PARAGRAPH_COLUMNS = {"claim": "5cm", "statistic": "6cm"}
+
+
+def _latex_column(i: int, column: object) -> str:
+    if str(column) in PARAGRAPH_COLUMNS:
+        return f"p{{{PARAGRAPH_COLUMNS[str(column)]}}}"
+    return "l" if i == 0 or str(column) in TEXT_COLUMNS else "r"
 
 
 def to_latex(display: pd.DataFrame, title: str, label: str) -> str:
@@ -441,7 +466,7 @@ def to_latex(display: pd.DataFrame, title: str, label: str) -> str:
         display.style.hide(axis="index").format(_latex_escape).format_index(_latex_escape, axis=1)
     )
     latex = styler.to_latex(
-        column_format="l" + "r" * (len(display.columns) - 1),
+        column_format="".join(_latex_column(i, c) for i, c in enumerate(display.columns)),
         position="t",
         position_float="centering",
         hrules=True,
