@@ -85,7 +85,8 @@ TITLES = {
     TABLE_SUMMARY: "Summary: one row per method; accuracy = target accuracy (%) averaged over "
     "targets (each the mean over its seeds); Δ = paired accuracy difference to the reference, "
     "method − reference, points [95% interval: bootstrap over languages, then seeds, then rows]; "
-    "wins = targets where the method beats the reference; forgetting = proxy accuracy change "
+    "wins = targets where the method beats the reference (Δ and wins over the targets both "
+    "ran); forgetting = proxy accuracy change "
     "after − before (points, mean over targets and seeds; negative = forgotten); % params "
     "updated of all weights / of the weights the method could train",
     TABLE_CLAIMS: "Claims of the paper, tested on this run: the statistic, its estimate [95% "
