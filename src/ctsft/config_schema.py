@@ -88,7 +88,9 @@ class HeadsMethodSchema(MethodSchema):
 
     kv_policy: str = MISSING
     train_norms: bool = MISSING
-    seed: int | None = None  # `heads: random`: draw the heads with this seed (null: the circuit's list)
+    seed: int | None = (
+        None  # `heads: random`: draw the heads with this seed (null: the circuit's list)
+    )
 
 
 @dataclass
