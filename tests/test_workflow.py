@@ -319,7 +319,37 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
     assert len(table1) == len(targets) * len(methods)
     assert {r["method"] for r in table1} == set(methods)
     assert all(0.0 <= float(r["accuracy_mean"]) <= 1.0 for r in table1)
+    # the multi-seed, multi-target statistics: every transferred cell has both seeds, CT-SFT
+    # is tested against the rivals of the config's `compare` that ran, per target and across
+    # the two targets, and each claim gets a verdict by rule
+    assert {r["method"]: r["n_seeds"] for r in table1 if r["method"] != "zero_shot"} == {
+        m: str(len(seeds)) for m in methods if m != "zero_shot"
+    }
+    ctsft_rows = [r for r in table1 if r["method"] == "ctsft"]
+    assert all(0 < float(r["p_holm_vs_full_ft"]) <= 1 for r in ctsft_rows), ctsft_rows
+    assert all(float(r["p_holm_vs_full_ft"]) >= float(r["p_vs_full_ft"]) for r in ctsft_rows)
+    for name in ("comparisons", "summary", "claims"):
+        for fmt in ("csv", "md", "tex"):
+            assert (tables / f"{name}.{fmt}").stat().st_size > 0
+    comparisons = csv_rows(tables / "comparisons.csv")
+    assert [(r["method"], r["rival"]) for r in comparisons] == [
+        ("ctsft", "full_ft"),
+        ("ctsft", "near_zero"),
+    ]
+    for r in comparisons:
+        assert r["n_targets"] == str(len(targets))
+        assert float(r["ci_lo"]) <= float(r["difference"]) <= float(r["ci_hi"])
+    summary = csv_rows(tables / "summary.csv")
+    assert [r["method"] for r in summary] == methods
+    claims = {r["claim"]: r for r in csv_rows(tables / "claims.csv")}
+    assert claims["beats_full_ft"]["verdict"] in ("supported", "contradicted", "inconclusive")
+    assert claims["beats_sparse_random"]["verdict"] == "not run"  # tiny runs no sparse_random
+    spearman = next(r for r in claims.values() if r["kind"] == "spearman")
+    assert spearman["verdict"] == "inconclusive"  # two targets: too few for a rank correlation
     assert len(csv_rows(tables / "table3_forgetting.csv")) == len(methods)
+    # one evaluate job per pair and seed ran every transferred method, each on its own line
+    log = (results / "logs/evaluate/nusax/tiny_bert/ind-jav/seed1.log").read_text()
+    assert log.count("$ python -m ctsft.steps.evaluate ") == len(methods) - 1  # not zero_shot
     for fig in ("accuracy_vs_params", "forgetting", "tradeoff"):
         assert (results / "figures" / f"{fig}.png").stat().st_size > 0
     assert (results / "nusax/tiny_bert/ind/heatmap.png").stat().st_size > 0
