@@ -212,3 +212,18 @@ def test_macro_f1_interval_contains_the_macro_f1() -> None:
     )
     lo, hi = macro_f1_interval([preds], GOLD, 3, n_boot=500)
     assert lo < f1 < hi and hi - lo < 0.15
+
+
+def test_a_differences_interval_and_p_agree() -> None:
+    """The interval of a difference excludes 0 exactly when its p < 0.05 (one normal
+    approximation for both), so a claim's verdict and its p cannot contradict each other."""
+    from ctsft.report.stats import bootstrap_p, summarize
+
+    rng = np.random.default_rng(3)
+    for shift in np.linspace(0.0, 0.1, 41):
+        samples = rng.normal(shift, 0.025, size=2000)
+        row = summarize(float(shift), samples)
+        excludes = row["ci_lo"] > 0 or row["ci_hi"] < 0
+        assert excludes == (row["p_value"] < 0.05), row
+        assert row["p_value"] == bootstrap_p(float(shift), samples)
+        assert row["ci_hi"] - row["ci_lo"] == pytest.approx(2 * 1.959964 * samples.std(), rel=1e-6)
