@@ -493,12 +493,16 @@ def test_disk_full_during_a_real_step_leaves_nothing_half_written(tmp_path, monk
     assert list(circuit.parent.iterdir()) == []  # neither circuit.json nor its temporary
 
 
-def _run_step_script(tmp_path: Path, step_module: types.ModuleType, capfd) -> tuple[int, str, str]:
-    """workflow/scripts/run_step.py as Snakemake runs it, on a fake step; (rc, stderr, log)."""
+def _run_step_script(
+    tmp_path: Path, step_module: types.ModuleType, capfd, **params: object
+) -> tuple[int, str, str]:
+    """workflow/scripts/run_step.py as Snakemake runs it, on a fake step (`params`: more rule
+    params, e.g. `runs`); (rc, stderr, log)."""
     sys.modules[f"ctsft.steps.{step_module.__name__}"] = step_module
     log = tmp_path / "job.log"
+    params = {"overrides": ["cdt.k=2"], **params}
     job = types.SimpleNamespace(
-        params=types.SimpleNamespace(step=step_module.__name__, overrides=["cdt.k=2"]),
+        params=types.SimpleNamespace(step=step_module.__name__, **params),
         input={"scores": str(tmp_path / "scores.tsv")},
         output={"circuit": str(tmp_path / "circuit.json")},
         threads=1,
@@ -934,3 +938,42 @@ def test_a_submission_through_an_unfilled_profile_stops_before_any_job(tmp_path)
     assert "warning: profile workflow/profiles/slurm-cpu/config.yaml: default-resources: " in (
         dry.stdout + dry.stderr
     )
+
+
+# ---------------------------------------------------------------- one job, several runs
+def test_params_runs_give_each_run_its_own_config_in_order(tmp_path, capfd):
+    """`params.runs`: one process runs the step once per override list (the `evaluate` rule
+    scores every method of a pair and seed this way), each with its own io and its own line."""
+    seen = []
+    fake = types.ModuleType("fake_runs")
+    fake.run = lambda cfg: seen.append((cfg.method.name, cfg.io.metrics, cfg.seed, cfg.threads))
+    runs = [
+        ["method=ctsft", f"++io.metrics={tmp_path}/a.json"],
+        ["method=near_zero", f"++io.metrics={tmp_path}/b.json"],
+    ]
+    code, _, log = _run_step_script(tmp_path, fake, capfd, overrides=["seed=3"], runs=runs)
+    assert code == 0, log
+    assert seen == [
+        ("ctsft", f"{tmp_path}/a.json", 3, 1),
+        ("near_zero", f"{tmp_path}/b.json", 3, 1),
+    ]
+    commands = [line for line in log.splitlines() if line.startswith("$ python -m ctsft.steps.fake_runs")]  # fmt: skip
+    assert len(commands) == 2 and "method=near_zero" in commands[1]
+    assert "scores.tsv" not in log  # the named inputs are not passed when the runs name their io
+    assert log.count("ctsft.timing: start-up") == 2
+
+
+def test_a_failing_run_fails_the_whole_job(tmp_path, capfd):
+    done = []
+    fake = types.ModuleType("fake_failing_runs")
+
+    def run(cfg) -> None:
+        if cfg.method.name == "near_zero":
+            raise CtsftError("broken checkpoint")
+        done.append(cfg.method.name)
+
+    fake.run = run
+    runs = [["method=ctsft"], ["method=near_zero"], ["method=full_ft"]]
+    code, err, log = _run_step_script(tmp_path, fake, capfd, runs=runs)
+    assert code == 2 and "error: broken checkpoint" in log and "broken checkpoint" in err
+    assert done == ["ctsft"]  # stops at the first failure; Snakemake removes the job's outputs
