@@ -150,6 +150,23 @@ def test_quick_config_replaces_the_paper_grid(tmp_path):
     }
 
 
+def test_nusax_grid_plans_its_claims_grid(tmp_path):
+    """config/nusax_grid.yaml: 11 targets x 4 seeds x 6 trained methods, one evaluation job per
+    target and seed, zero-shot once per target, no mechanism jobs (report.mechanism: false)."""
+    counts = plan(
+        "--configfile",
+        "config/nusax_grid.yaml",
+        "--config",
+        f"results_dir={tmp_path}/r",
+        f"models_dir={tmp_path}/m",
+    )
+    targets, seeds = NUSAX_LANGS - 1, 4
+    assert counts["transfer"] + counts["transfer_temp"] == targets * seeds * 6 == 264
+    assert counts["transfer_temp"] == targets * seeds  # full_ft's are deleted once evaluated
+    assert counts["evaluate"] == targets * seeds and counts["evaluate_as_is"] == targets
+    assert "mechanism" not in counts and counts["finetune"] == 1
+
+
 def test_one_pair_runs_only_its_chain(tmp_path):
     """One method's metrics of a pair: the pair's chain; its evaluation job scores (so needs)
     every method transferred for that pair and seed."""
@@ -180,7 +197,7 @@ def test_model_switch_plans_without_network(tmp_path):
 
 
 # ---------------------------------------------------------------- lint and format
-@pytest.mark.parametrize("config", ["config", "quick", "tiny"])
+@pytest.mark.parametrize("config", ["config", "quick", "tiny", "nusax_grid"])
 def test_snakemake_lint_is_clean(config):
     proc = snakemake("--lint", "--configfile", f"config/{config}.yaml", check=False)
     out = proc.stdout + proc.stderr
@@ -197,7 +214,7 @@ def test_snakefmt_check_passes():
 
 
 # ---------------------------------------------------------------- config schema
-@pytest.mark.parametrize("config", ["config", "quick", "tiny"])
+@pytest.mark.parametrize("config", ["config", "quick", "tiny", "nusax_grid"])
 def test_config_files_validate(config):
     from snakemake.utils import validate
 
