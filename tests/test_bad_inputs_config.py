@@ -95,7 +95,7 @@ def test_targets_all_still_means_every_language_but_the_proxy(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     transfers = re.search(r"^transfer\s+(\d+)$", proc.stdout + proc.stderr, re.M)
-    assert transfers and int(transfers.group(1)) == 11 * 3  # 11 targets x full_ft, ctsft, near_zero
+    assert transfers and int(transfers.group(1)) == 11 * 3 * 2  # targets x 3 trained x 2 seeds
 
 
 def test_target_equal_to_proxy_stops_snakemake_before_any_job(tmp_path):
