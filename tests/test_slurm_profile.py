@@ -139,12 +139,13 @@ def plugin_resources() -> frozenset[str]:
 
 
 def rule_blocks() -> dict[str, str]:
-    """{rule name: its text} of workflow/rules/*.smk."""
+    """{rule name: its text} of workflow/rules/*.smk (a rule may sit under an `if`, indented)."""
     blocks = {}
     for path in RULE_FILES:
         text = path.read_text()
-        for match in re.finditer(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", text, re.M | re.S):
-            blocks[match.group(1)] = match.group(2)
+        rule = r"^(?P<indent> *)rule (\w+):\n(.*?)(?=^(?P=indent)\S|\Z)"
+        for match in re.finditer(rule, text, re.M | re.S):
+            blocks[match.group(2)] = match.group(3)
         # `use rule a as b with:` inherits a's resources (transfer_temp: a GPU rule too)
         for match in re.finditer(
             r"^use rule (\w+) as (\w+) with:\n(.*?)(?=^\S|\Z)", text, re.M | re.S
@@ -367,8 +368,10 @@ def test_grouped_profile_names_the_per_pair_rules():
 
 
 def test_grouped_dry_run_submits_fewer_jobs(tmp_path):
-    """The tiny DAG through slurm-cpu + grouped: the 8 jobs of the pair's chains in one group
-    job, the per-proxy jobs alone (tests/test_slurm_integration.py submits it for real)."""
+    """The tiny DAG through slurm-cpu + grouped: the 4 chains of (target, seed) (3 transfers,
+    their evaluate job, CT-SFT's mechanism job) and the 2 zero-shot evaluations, 4 components
+    per group job, so 2 group jobs; the per-proxy jobs alone (tests/test_slurm_integration.py
+    submits it for real)."""
     args = [
         SNAKEMAKE, "-n", "--workflow-profile", str(REPO / "workflow/profiles/slurm-cpu"),
         "--profile", str(GROUPED), "--configfile", "config/tiny.yaml",
@@ -378,8 +381,9 @@ def test_grouped_dry_run_submits_fewer_jobs(tmp_path):
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    assert out.count("Group job chain (jobs in lexicogr. order):") == 1, out[-3000:]
+    assert out.count("Group job chain (jobs in lexicogr. order):") == 2, out[-3000:]
     grouped = [r.removesuffix("_temp") for r in re.findall(r"^    rule (\w+):$", out, re.M)]
-    assert sorted(grouped) == sorted(["transfer"] * 3 + ["evaluate"] * 4 + ["mechanism"]), grouped
+    chains = ["transfer"] * 3 + ["evaluate"] + ["mechanism"]
+    assert sorted(grouped) == sorted(chains * 4 + ["evaluate_as_is"] * 2), grouped
     alone = set(re.findall(r"^rule (\w+):$", out, re.M)) - localrules()
     assert alone == {"finetune", "evaluate_proxy", "mean_baseline", "score_heads", "select_circuit", "faithfulness"}  # fmt: skip
