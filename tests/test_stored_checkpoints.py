@@ -36,7 +36,7 @@ STEPS = TrainConfig(
 SUBSET_METHODS = {
     "ctsft": _method("ctsft"),
     "near_zero": _method("near_zero"),
-    "random_heads": _method("random_heads"),
+    "random_heads": _method("random_heads", seed=5),  # its own draw of heads
     "sparse_random": _method("sparse_random", heads="circuit", seed=3),
     "norms_only": _method("norms_only"),
     "full_ft_frozen_embeddings": OmegaConf.create({"name": "full_ft"}),

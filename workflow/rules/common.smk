@@ -239,7 +239,9 @@ def table_caption(path):
 
 
 def table_category(path):
-    return "Claims and comparisons" if Path(path).stem in STATISTICS_TABLES else "Tables"
+    return (
+        "Claims and comparisons" if Path(path).stem in STATISTICS_TABLES else "Tables"
+    )
 
 
 def figure_files():
