@@ -376,7 +376,7 @@ def test_tiny_end_to_end(tmp_path, monkeypatch):
         assert (results / "figures" / f"{fig}.png").stat().st_size > 0
     assert (results / "nusax/tiny_bert/ind/heatmap.png").stat().st_size > 0
     mechanism = csv_rows(tables / "mechanism_transfer.csv")  # theta_1 and CT-SFT per target
-    assert len(mechanism) == len(targets) * 2
+    assert len(mechanism) == len(targets) * len(seeds) * 2  # per target and seed
     assert all(0 < float(r["p_value"]) <= 1 for r in mechanism)
     assert (results / "figures" / "mechanism_transfer.png").stat().st_size > 0
 
