@@ -76,9 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(tmp) / precision
             checkpoint = folder / "checkpoint"
             t_transfer = run_step("transfer", with_overrides(transfer, io__checkpoint=str(checkpoint), runtime__precision=precision))  # fmt: skip
-            metrics_same = (
-                folder / "same.json"
-            )  # the run's own checkpoint: only the autocast differs
+            # the run's own checkpoint: only the autocast differs
+            metrics_same = folder / "same.json"
             t_eval = run_step("evaluate", with_overrides(evaluation, io__metrics=str(metrics_same), runtime__precision=precision))  # fmt: skip
             metrics_own = folder / "own.json"  # this precision's own transfer
             run_step("evaluate", with_overrides(evaluation, io__checkpoint=str(checkpoint), io__metrics=str(metrics_own), runtime__precision=precision))  # fmt: skip

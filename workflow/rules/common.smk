@@ -288,14 +288,6 @@ def seed_metrics():
     return expand(at("metrics"), variant=TRANSFER_VARIANTS, allow_missing=True)
 
 
-def evaluated_checkpoint(wildcards):
-    """The transferred checkpoint, or the proxy checkpoint itself for a variant without transfer."""
-    name, _ = split_variant(wildcards.variant)
-    if not METHODS[name].get("transfer", True):
-        return proxy_checkpoint(wildcards)
-    return at("checkpoint", **wildcards)
-
-
 # ---------------------------------------------------------------- Hydra overrides (params)
 # The data folder the steps read, resolved now (config data_root, else $CTSFT_DATA_ROOT, else
 # ../shared/data) and passed to every step as data.root: a params change, so pointing it

@@ -1,7 +1,7 @@
 rule evaluate_as_is:
     """A variant without transfer (zero-shot): theta_1 itself on the target and proxy test rows."""
     input:
-        checkpoint=evaluated_checkpoint,
+        checkpoint=proxy_checkpoint,
         baseline_metrics=rules.evaluate_proxy.output.metrics,
     output:
         metrics=at("metrics"),
